@@ -1,1 +1,1 @@
-"""workflows package."""
+"""Temporal workflows: decisions only (deterministic, no I/O)."""

@@ -1,0 +1,141 @@
+"""IMAP activities: discover folders, plan a folder's UID pages, fetch-and-persist one page."""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import suppress
+
+from temporalio import activity
+
+from activities.deps import Deps
+from activities.errors import classified_errors
+from mail.model import FetchedMessage
+from mail.parse import parse_message
+from providers.errors import UidValidityChanged
+from store.folders import FolderRow, record_folder_state, upsert_folders
+from store.pages import persist_page
+from workflows.models import (
+    DiscoverInput, DiscoverResult, FolderRef, PageSummary, PlanPagesInput, PlanPagesResult,
+    SyncPageInput, UidRange,
+)
+
+# Folders a user reads first come first; the rest follow by name.
+_ROLE_ORDER = {"inbox": 0, "sent": 1, "archive": 2, "drafts": 3, "flagged": 4}
+_HEARTBEAT_EVERY_S = 5.0
+
+
+def _pages_newest_first(uids: list[int], page_size: int) -> list[UidRange]:
+    ordered = sorted(uids, reverse=True)
+    pages = []
+    for i in range(0, len(ordered), page_size):
+        chunk = ordered[i : i + page_size]
+        pages.append(UidRange(lo=chunk[-1], hi=chunk[0], count=len(chunk)))
+    return pages
+
+
+class ImapActivities:
+    def __init__(self, deps: Deps) -> None:
+        self.deps = deps
+
+    @activity.defn
+    async def discover_folders(self, inp: DiscoverInput) -> DiscoverResult:
+        async with classified_errors():
+            session = await self.deps.imap_session(inp.account_id)
+            async with session:
+                folders = [f for f in await session.list_folders() if f.selectable]
+            rows = [FolderRow(f.name, f.delimiter, f.role, f.attributes) for f in folders]
+            async with self.deps.pool.acquire() as conn:
+                ids = await upsert_folders(conn, inp.account_id, rows)
+                address = await conn.fetchval("SELECT address FROM accounts WHERE id = $1", inp.account_id)
+            refs = [FolderRef(folder_id=ids[f.name], name=f.name, role=f.role) for f in folders]
+            refs.sort(key=lambda r: (_ROLE_ORDER.get(r.role or "", 9), r.name))
+            return DiscoverResult(address=address, folders=refs)
+
+    @activity.defn
+    async def plan_folder_pages(self, inp: PlanPagesInput) -> PlanPagesResult:
+        async with classified_errors():
+            session = await self.deps.imap_session(inp.account_id)
+            async with session:
+                status = await session.select(inp.folder.name)
+                if inp.expected_uidvalidity is not None and status.uidvalidity != inp.expected_uidvalidity:
+                    raise UidValidityChanged(
+                        f"{inp.folder.name}: UIDVALIDITY {inp.expected_uidvalidity} -> {status.uidvalidity}"
+                    )
+                uids = await session.uid_search_all() if status.messages else []
+            if inp.below_uid is not None:
+                uids = [u for u in uids if u < inp.below_uid]
+            pages = _pages_newest_first(uids, inp.page_size)
+            more_below = None
+            if len(pages) > inp.max_pages:
+                pages = pages[: inp.max_pages]
+                more_below = pages[-1].lo
+            async with self.deps.pool.acquire() as conn:
+                removed = await record_folder_state(
+                    conn, inp.folder.folder_id, uidvalidity=status.uidvalidity, uidnext=status.uidnext,
+                    highestmodseq=status.highestmodseq, message_count=status.messages,
+                )
+            return PlanPagesResult(
+                uidvalidity=status.uidvalidity, uidnext=status.uidnext, highestmodseq=status.highestmodseq,
+                exists=status.messages, pages=pages, more_below=more_below, stale_locations_removed=removed,
+            )
+
+    @activity.defn
+    async def sync_page(self, inp: SyncPageInput) -> PageSummary:
+        """Fetch one page in chunks, newest first, writing chunk k while chunk k+1 downloads.
+
+        Heartbeat details carry the lowest UID persisted so far; a retried attempt starts below it.
+        """
+        info = activity.info()
+        resume_below: int | None = None
+        if info.heartbeat_details:
+            with suppress(Exception):
+                resume_below = int(info.heartbeat_details[0])
+        summary = PageSummary(resumed_from=resume_below)
+        progress = {"below": resume_below}
+
+        async def beat() -> None:
+            while True:
+                await asyncio.sleep(_HEARTBEAT_EVERY_S)
+                activity.heartbeat(progress["below"])
+
+        beater = asyncio.create_task(beat())
+        try:
+            async with classified_errors():
+                session = await self.deps.imap_session(inp.account_id)
+                async with session:
+                    status = await session.select(inp.folder.name)
+                    if status.uidvalidity != inp.uidvalidity:
+                        raise UidValidityChanged(
+                            f"{inp.folder.name}: UIDVALIDITY {inp.uidvalidity} -> {status.uidvalidity}"
+                        )
+                    uids = await session.fetch_uids(inp.page.lo, inp.page.hi)
+                    if resume_below is not None:
+                        uids = [u for u in uids if u < resume_below]
+                    uids.sort(reverse=True)
+                    summary.vanished = max(0, inp.page.count - len(uids)) if resume_below is None else 0
+                    chunks = [uids[i : i + inp.chunk_size] for i in range(0, len(uids), inp.chunk_size)]
+                    writer: asyncio.Task[None] | None = None
+                    for chunk in chunks:
+                        fetched = await session.fetch(chunk)
+                        if writer is not None:
+                            await writer
+                        writer = asyncio.create_task(self._write(inp, fetched, chunk, summary, progress))
+                    if writer is not None:
+                        await writer
+        finally:
+            beater.cancel()
+        return summary
+
+    async def _write(
+        self, inp: SyncPageInput, fetched: list[FetchedMessage], chunk: list[int],
+        summary: PageSummary, progress: dict[str, int | None],
+    ) -> None:
+        parsed = [parse_message(m.raw) for m in fetched]
+        async with self.deps.pool.acquire() as conn:
+            result = await persist_page(conn, inp.account_id, inp.folder.folder_id, inp.uidvalidity, fetched, parsed)
+        summary.fetched += result.messages
+        summary.new_messages += result.new_messages
+        summary.bytes += result.bytes
+        summary.parse_errors += result.parse_errors
+        progress["below"] = min(chunk)
+        activity.heartbeat(progress["below"])

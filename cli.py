@@ -1,0 +1,472 @@
+"""The `mailsync` command line: accounts, syncs (start/follow/status), export, verify, dev services, worker."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from config import Settings, get_settings
+
+T = TypeVar("T")
+
+app = typer.Typer(help="Mirror email accounts into PostgreSQL, durably, on Temporal.", no_args_is_help=True)
+account_app = typer.Typer(help="Add and list accounts.", no_args_is_help=True)
+account_add_app = typer.Typer(help="Add an account.", no_args_is_help=True)
+sync_app = typer.Typer(help="Start and watch syncs.", no_args_is_help=True)
+db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
+dev_app = typer.Typer(help="Embedded dev services (Temporal dev server, PostgreSQL).", no_args_is_help=True)
+app.add_typer(account_app, name="account")
+account_app.add_typer(account_add_app, name="add")
+app.add_typer(sync_app, name="sync")
+app.add_typer(db_app, name="db")
+app.add_typer(dev_app, name="dev")
+
+out = Console()
+err = Console(stderr=True)
+
+
+class CliError(Exception):
+    """A failure the user can act on: printed as one line, exit code 1."""
+
+
+def _exit(code: int) -> NoReturn:
+    # temporalio can abort at interpreter exit (sdk-python #300): flush and leave without finalizers.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def run(coro_fn: Callable[[], Awaitable[T]]) -> NoReturn:
+    """Run a command body, turn known failures into one clear line, and exit with the right code."""
+    from providers.errors import ProviderError
+    from runtime.temporal import TemporalNotConfigured, TemporalUnavailable
+    from store.accounts import AccountNotFound
+    from store.crypto import SecretKeyError
+    from store.db import DatabaseUnavailable
+
+    try:
+        result = asyncio.run(coro_fn())  # type: ignore[arg-type]
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        _exit(130)
+    except (CliError, ProviderError, TemporalNotConfigured, TemporalUnavailable, AccountNotFound,
+            SecretKeyError, DatabaseUnavailable, ValidationError) as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        _exit(1)
+    except Exception as exc:  # a bug or an unclassified failure: still one line, traceback on request
+        if os.environ.get("MAILSYNC_DEBUG"):
+            err.print_exception()
+        err.print(f"[red]error:[/red] {type(exc).__name__}: {exc} (MAILSYNC_DEBUG=1 for the traceback)",
+                  highlight=False, soft_wrap=True)
+        _exit(1)
+    _exit(result if isinstance(result, int) else 0)
+
+
+async def _pool(settings: Settings):  # type: ignore[no-untyped-def]
+    from store.db import create_pool, resolve_database_url
+    from store.migrate import migrate
+
+    pool = await create_pool(resolve_database_url(settings), size=2)
+    async with pool.acquire() as conn:
+        await migrate(conn)
+    return pool
+
+
+def _box(settings: Settings):  # type: ignore[no-untyped-def]
+    from store.crypto import CredentialBox, load_or_create_key
+
+    return CredentialBox(load_or_create_key(settings.secret_key, settings.state_dir))
+
+
+def _read_password(password_env: str | None, password_stdin: bool) -> str:
+    if bool(password_env) == password_stdin:
+        raise CliError("give exactly one of --password-env VAR or --password-stdin")
+    if password_env:
+        value = os.environ.get(password_env)
+        if value is None:
+            raise CliError(f"environment variable {password_env} is not set")
+        return value
+    value = sys.stdin.readline().rstrip("\r\n")
+    if not value:
+        raise CliError("no password on standard input")
+    return value
+
+
+# ---------------------------------------------------------------- accounts
+
+
+@account_add_app.command("imap")
+def account_add_imap(
+    host: str = typer.Option(..., help="IMAP server host name"),
+    username: str = typer.Option(..., help="login name (often the email address)"),
+    port: int | None = typer.Option(None, help="default: 993 for tls, 143 otherwise"),
+    security: str = typer.Option("tls", help="tls | starttls | none"),
+    password_env: str | None = typer.Option(None, help="read the password from this environment variable"),
+    password_stdin: bool = typer.Option(False, help="read the password from the first line of stdin"),
+    address: str | None = typer.Option(None, help="email address (default: the username)"),
+) -> None:
+    """Check the login, then store the account with its password encrypted; prints the account id."""
+
+    async def body() -> int:
+        from providers.imap.client import ImapSession
+        from providers.imap.settings import ImapSettings
+        from store.accounts import create_account
+
+        settings = get_settings()
+        imap = ImapSettings(host=host, port=port, username=username, security=security)  # type: ignore[arg-type]
+        password = _read_password(password_env, password_stdin)
+        async with ImapSession(
+            imap, password, auth_timeout=settings.imap_auth_timeout, timeout=settings.imap_timeout
+        ) as session:
+            folders = await session.list_folders()
+        account_id = "acc_" + uuid.uuid4().hex[:12]
+        pool = await _pool(settings)
+        async with pool.acquire() as conn:
+            await create_account(
+                conn, account_id=account_id, provider="imap", address=address or username,
+                settings=imap.model_dump(mode="json"), credentials=_box(settings).seal(password.encode(), account_id),
+            )
+        await pool.close()
+        err.print(f"login ok, {len(folders)} folders on {imap.host}; account stored")
+        out.print(account_id, highlight=False)
+        return 0
+
+    run(body)
+
+
+@account_app.command("list")
+def account_list(as_json: bool = typer.Option(False, "--json", help="machine-readable output")) -> None:
+    """List accounts with their status and what is stored."""
+
+    async def body() -> int:
+        from store.accounts import list_accounts
+
+        pool = await _pool(get_settings())
+        async with pool.acquire() as conn:
+            rows = await list_accounts(conn)
+        await pool.close()
+        if as_json:
+            out.print_json(json.dumps(rows, default=str))
+            return 0
+        table = Table("id", "provider", "address", "status", "folders", "messages", "MB")
+        for r in rows:
+            status = r["status"] + (f" ({r['status_reason']})" if r["status_reason"] else "")
+            table.add_row(r["id"], r["provider"], r["address"], status, str(r["folders"]), str(r["messages"]),
+                          f"{r['bytes'] / 1e6:.1f}")
+        out.print(table)
+        return 0
+
+    run(body)
+
+
+# ---------------------------------------------------------------- sync
+
+
+async def _account_id(settings: Settings, account: str) -> str:
+    from store.accounts import get_account
+
+    pool = await _pool(settings)
+    async with pool.acquire() as conn:
+        acc = await get_account(conn, account)
+    await pool.close()
+    return acc.id
+
+
+def _progress_line(p: Any) -> str:
+    eta = f", ETA {timedelta(seconds=int(p.eta_seconds))}" if p.eta_seconds else ""
+    return (f"{p.phase.value}: {p.done}/{p.total} messages ({p.percent:.1f}%), {p.bytes / 1e6:.1f} MB, "
+            f"{p.messages_per_second:.0f} msg/s{eta}")
+
+
+async def _follow(handle: Any) -> None:
+    """Live per-folder progress bars until the workflow closes."""
+    from temporalio.client import WorkflowExecutionStatus
+
+    from workflows.account_sync import AccountSyncWorkflow
+
+    columns = (TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[info]}"), TimeRemainingColumn())
+    with Progress(*columns, console=err, transient=False) as bar:
+        tasks: dict[str, Any] = {}
+        overall = bar.add_task("[bold]all folders", total=None, info="")
+        while True:
+            desc = await handle.describe()
+            try:
+                p = await handle.query(AccountSyncWorkflow.progress)
+            except Exception:
+                p = None
+            if p is not None:
+                for f in p.folders:
+                    if f.name not in tasks:
+                        tasks[f.name] = bar.add_task(f.name[:24], total=None, info="")
+                    info = f"{f.bytes / 1e6:.1f} MB" + (f" [red]{f.error}[/red]" if f.error else "")
+                    bar.update(tasks[f.name], completed=f.done, total=f.total or None, info=info)
+                bar.update(overall, completed=p.done, total=p.total or None,
+                           info=f"{p.phase.value}, {p.messages_per_second:.0f} msg/s")
+            if desc.status != WorkflowExecutionStatus.RUNNING:
+                return
+            await asyncio.sleep(0.5)
+
+
+@sync_app.command("start")
+def sync_start(
+    account: str = typer.Argument(..., help="account id or address"),
+    wait: bool = typer.Option(False, help="block until the initial sync completes; non-zero exit if it failed"),
+    follow: bool = typer.Option(False, help="show live progress bars per folder"),
+) -> None:
+    """Start (or attach to) the account's sync workflow."""
+
+    async def body() -> int:
+        from temporalio.client import WorkflowFailureError
+        from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+
+        from runtime.temporal import connect
+        from workflows.account_sync import AccountSyncWorkflow, account_workflow_id
+        from workflows.models import AccountSyncInput
+        from workflows.policies import failure_message
+
+        settings = get_settings()
+        account_id = await _account_id(settings, account)
+        client = await connect(settings)
+        handle = await client.start_workflow(
+            AccountSyncWorkflow.run,
+            AccountSyncInput(account_id=account_id, page_size=settings.page_size,
+                             chunk_size=settings.fetch_chunk, connection_limit=settings.connection_limit),
+            id=account_workflow_id(account_id), task_queue=settings.task_queue,
+            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        )
+        out.print(handle.id, highlight=False)
+        if not (wait or follow):
+            return 0
+        if follow:
+            await _follow(handle)
+        try:
+            result = await handle.result()
+        except WorkflowFailureError as exc:
+            err.print(f"[red]sync failed:[/red] {failure_message(exc)}", highlight=False)
+            return 1
+        err.print(_progress_line(result.progress), highlight=False)
+        return 0
+
+    run(body)
+
+
+@sync_app.command("status")
+def sync_status(
+    account: str | None = typer.Argument(None, help="account id or address; all accounts when omitted"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Phase, counts, percent, rate and ETA of an account's sync; or a table of all accounts."""
+
+    async def body() -> int:
+        from temporalio.client import WorkflowExecutionStatus
+        from temporalio.service import RPCError
+
+        from runtime.temporal import connect
+        from store.accounts import list_accounts
+        from workflows.account_sync import AccountSyncWorkflow, account_workflow_id
+
+        settings = get_settings()
+        client = await connect(settings)
+        if account is not None:
+            account_id = await _account_id(settings, account)
+            handle = client.get_workflow_handle(account_workflow_id(account_id))
+            try:
+                desc = await handle.describe()
+                p = await handle.query(AccountSyncWorkflow.progress)
+            except RPCError as exc:
+                raise CliError(f"no sync for {account_id} yet: start one with `mailsync sync start {account_id}`") from exc
+            if as_json:
+                data = p.model_dump(mode="json") | {"workflow_status": desc.status.name, "percent": p.percent}
+                out.print_json(json.dumps(data))
+                return 0
+            out.print(f"{account_id} ({p.address}) workflow {desc.status.name.lower()}", highlight=False)
+            out.print(_progress_line(p), highlight=False)
+            table = Table("folder", "role", "phase", "done", "total", "flagged", "MB", "error")
+            for f in p.folders:
+                table.add_row(f.name, f.role or "", f.phase.value, str(f.done), str(f.total), str(f.failed),
+                              f"{f.bytes / 1e6:.1f}", f.error or "")
+            out.print(table)
+            if p.last_error:
+                out.print(f"last error: {p.last_error}", highlight=False)
+            return 0
+        pool = await _pool(settings)
+        async with pool.acquire() as conn:
+            accounts = await list_accounts(conn)
+        await pool.close()
+        counts: dict[str, dict[str, int]] = {}
+        async for wf in client.list_workflows("WorkflowType = 'AccountSyncWorkflow'"):
+            acc = wf.id.removeprefix("account-sync/")
+            bucket = counts.setdefault(acc, {"running": 0, "completed": 0, "failed": 0})
+            status = wf.status or WorkflowExecutionStatus.RUNNING
+            key = {WorkflowExecutionStatus.RUNNING: "running", WorkflowExecutionStatus.COMPLETED: "completed"}.get(
+                status, "failed")
+            bucket[key] += 1
+        rows = [
+            {**{k: a[k] for k in ("id", "address", "status", "messages")},
+             **counts.get(a["id"], {"running": 0, "completed": 0, "failed": 0})}
+            for a in accounts
+        ]
+        if as_json:
+            out.print_json(json.dumps(rows, default=str))
+            return 0
+        table = Table("account", "address", "status", "messages", "running", "completed", "failed")
+        for r in rows:
+            table.add_row(r["id"], r["address"], r["status"], str(r["messages"]), str(r["running"]),
+                          str(r["completed"]), str(r["failed"]))
+        out.print(table)
+        return 0
+
+    run(body)
+
+
+# ---------------------------------------------------------------- export / verify
+
+
+@app.command("export")
+def export(
+    account: str = typer.Argument(..., help="account id or address"),
+    folder: str = typer.Option(..., help="folder name as the server spells it"),
+    maildir: Path = typer.Option(..., help="target Maildir (created if missing)"),
+) -> None:
+    """Write every stored message of a folder into a Maildir, byte-for-byte."""
+
+    async def body() -> int:
+        from ops.export import FolderNotFound, export_folder
+
+        settings = get_settings()
+        account_id = await _account_id(settings, account)
+        pool = await _pool(settings)
+        try:
+            async with pool.acquire() as conn:
+                count, size = await export_folder(conn, account_id, folder, maildir)
+        except FolderNotFound as exc:
+            raise CliError(str(exc)) from exc
+        finally:
+            await pool.close()
+        out.print(f"exported {count} messages ({size / 1e6:.1f} MB) to {maildir}", highlight=False)
+        return 0
+
+    run(body)
+
+
+@app.command("verify")
+def verify(
+    account: str = typer.Argument(..., help="account id or address"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Fetch UID + sha256 of every message from the server and compare with the database; exit 0 only if identical."""
+
+    async def body() -> int:
+        from providers.imap.client import ImapSession
+        from providers.imap.settings import ImapSettings
+        from store.accounts import get_account
+
+        from ops.verify import verify_account
+
+        settings = get_settings()
+        pool = await _pool(settings)
+        async with pool.acquire() as conn:
+            acc = await get_account(conn, account)
+            password = _box(settings).open(acc.credentials or b"", acc.id).decode()
+            async with ImapSession(ImapSettings.model_validate(acc.settings), password,
+                                   auth_timeout=settings.imap_auth_timeout, timeout=settings.imap_timeout) as s:
+                report = await verify_account(conn, s, acc.id)
+        await pool.close()
+        t = report.totals()
+        if as_json:
+            out.print_json(json.dumps({"identical": report.identical,
+                                       "folders": [vars(f) for f in report.folders], "totals": vars(t)}))
+        else:
+            table = Table("folder", "server", "database", "missing", "extra", "mismatched", "flags differ")
+            for f in [*report.folders, t]:
+                table.add_row(f.folder, str(f.server), str(f.database), str(f.missing), str(f.extra),
+                              str(f.mismatched), str(f.flag_differences))
+            out.print(table)
+            out.print("identical" if report.identical else "[red]NOT identical[/red]")
+        return 0 if report.identical else 2
+
+    run(body)
+
+
+# ---------------------------------------------------------------- db, dev, worker
+
+
+@db_app.command("migrate")
+def db_migrate() -> None:
+    """Apply pending schema migrations (the worker also does this on start)."""
+
+    async def body() -> int:
+        from store.db import create_pool, resolve_database_url
+        from store.migrate import migrate
+
+        pool = await create_pool(resolve_database_url(get_settings()), size=1)
+        async with pool.acquire() as conn:
+            applied = await migrate(conn)
+        await pool.close()
+        names = ", ".join(f"{m.version:03d}_{m.name}" for m in applied)
+        out.print(f"applied: {names}" if applied else "schema is up to date", highlight=False)
+        return 0
+
+    run(body)
+
+
+@dev_app.command("up")
+def dev_up_cmd(
+    port: int = typer.Option(7233, help="Temporal frontend port"),
+    ui_port: int = typer.Option(8233, help="Temporal web UI port"),
+) -> None:
+    """Start the Temporal dev server (SQLite file in the state dir) and the embedded PostgreSQL."""
+    from runtime.dev import dev_up
+
+    settings = get_settings()
+    try:
+        services = dev_up(settings, port=port, ui_port=ui_port)
+    except (RuntimeError, FileNotFoundError) as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        _exit(1)
+    out.print(f"Temporal:   {services.temporal_address}  (namespace {settings.temporal_namespace})")
+    out.print(f"Web UI:     {services.web_ui}")
+    out.print(f"PostgreSQL: {services.database_url}")
+    out.print(f"State dir:  {settings.state_dir}   (stop with `mailsync dev down`)")
+    _exit(0)
+
+
+@dev_app.command("down")
+def dev_down_cmd() -> None:
+    """Stop what `mailsync dev up` started."""
+    from runtime.dev import dev_down
+
+    stopped = dev_down(get_settings())
+    out.print("stopped: " + ", ".join(stopped) if stopped else "nothing was running")
+    _exit(0)
+
+
+@app.command("worker")
+def worker_cmd() -> None:
+    """Run a worker (same as `python worker.py`)."""
+    import worker
+
+    worker.main()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+"""Runtime configuration for mailsync, read from the environment and `.env` (pydantic-settings)."""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_state_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "mailsync"
+
+
+class Settings(BaseSettings):
+    """Everything an operator can set. Unset DATABASE_URL / TEMPORAL_ADDRESS mean the embedded defaults."""
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    database_url: str | None = Field(default=None, validation_alias="DATABASE_URL")
+    temporal_address: str | None = Field(default=None, validation_alias="TEMPORAL_ADDRESS")
+    temporal_namespace: str = Field(default="default", validation_alias="TEMPORAL_NAMESPACE")
+    task_queue: str = Field(default="mailsync", validation_alias="MAILSYNC_TASK_QUEUE")
+    secret_key: str | None = Field(
+        default=None,
+        validation_alias="MAILSYNC_SECRET_KEY",
+        description="base64 of 32 random bytes; encrypts stored credentials (AES-256-GCM)",
+    )
+    state_dir: Path = Field(default_factory=default_state_dir, validation_alias="MAILSYNC_STATE_DIR")
+    page_size: int = Field(default=500, ge=1, le=5000, validation_alias="MAILSYNC_PAGE_SIZE")
+    fetch_chunk: int = Field(default=100, ge=1, le=5000, validation_alias="MAILSYNC_FETCH_CHUNK")
+    connection_limit: int = Field(default=2, ge=1, le=32, validation_alias="MAILSYNC_CONNECTION_LIMIT")
+    imap_auth_timeout: float = Field(default=5.0, gt=0, validation_alias="MAILSYNC_IMAP_AUTH_TIMEOUT")
+    imap_timeout: float = Field(default=30.0, gt=0, validation_alias="MAILSYNC_IMAP_TIMEOUT")
+    activity_timeout: float = Field(
+        default=600.0, gt=0, validation_alias="MAILSYNC_ACTIVITY_TIMEOUT",
+        description="start-to-close timeout of one page activity, seconds",
+    )
+    heartbeat_timeout: float = Field(default=60.0, gt=0, validation_alias="MAILSYNC_HEARTBEAT_TIMEOUT")
+    max_concurrent_activities: int = Field(default=8, ge=1, validation_alias="MAILSYNC_WORKER_ACTIVITIES")
+    db_pool_size: int = Field(default=8, ge=1, validation_alias="MAILSYNC_DB_POOL_SIZE")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

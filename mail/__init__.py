@@ -1,0 +1,1 @@
+"""Provider-neutral message handling: header parsing, snippets, thread grouping."""

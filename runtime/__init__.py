@@ -1,0 +1,1 @@
+"""Process-level plumbing: the Temporal client, the embedded dev services."""

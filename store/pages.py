@@ -1,0 +1,191 @@
+"""The bulk, idempotent write of one fetched page: bodies, messages, locations, threads, contacts.
+
+One transaction per page: COPY into the session's staging table, then one INSERT … SELECT …
+ON CONFLICT per target. Re-running the same page changes nothing.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+from mail.model import FetchedMessage
+from mail.parse import ParsedMessage, parse_message
+from mail.threads import group_page
+from store.db import STAGE_COLUMNS
+
+
+@dataclass
+class PageWriteResult:
+    messages: int          # locations written (new or refreshed)
+    new_messages: int      # messages seen for the first time in this account
+    bytes: int
+    parse_errors: int
+
+
+def account_lock_key(account_id: str) -> int:
+    """Serializes thread/contact merges per account; bodies and locations are written in parallel."""
+    return zlib.crc32(("mailsync-account:" + account_id).encode())
+
+
+def _stage_row(m: FetchedMessage, p: ParsedMessage) -> tuple:
+    return (
+        p.sha256, m.raw, p.size, m.uid, m.flags, m.internaldate, p.message_id, p.in_reply_to,
+        p.references, p.subject, p.from_addr, p.from_name, p.to_addrs, p.cc_addrs, p.bcc_addrs,
+        p.sent_at, p.snippet, p.parse_error,
+    )
+
+
+async def persist_page(
+    conn: asyncpg.Connection,
+    account_id: str,
+    folder_id: int,
+    uidvalidity: int,
+    fetched: Sequence[FetchedMessage],
+    parsed: Sequence[ParsedMessage] | None = None,
+) -> PageWriteResult:
+    if parsed is None:
+        parsed = [parse_message(m.raw) for m in fetched]
+    if not fetched:
+        return PageWriteResult(0, 0, 0, 0)
+    by_sha = {p.sha256: p for p in parsed}
+    async with conn.transaction():
+        await conn.copy_records_to_table(
+            "page_stage", records=[_stage_row(m, p) for m, p in zip(fetched, parsed)],
+            columns=STAGE_COLUMNS,
+        )
+        # Sorted inserts: two folders of one account writing the same message cannot deadlock.
+        await conn.execute(
+            """INSERT INTO message_bodies (account_id, sha256, raw)
+               SELECT DISTINCT ON (sha256) $1, sha256, raw FROM page_stage ORDER BY sha256
+               ON CONFLICT DO NOTHING""",
+            account_id,
+        )
+        new_rows = await conn.fetch(
+            """INSERT INTO messages (account_id, sha256, size, message_id, in_reply_to, refs, subject,
+                   from_addr, from_name, to_addrs, cc_addrs, bcc_addrs, sent_at, internaldate, snippet,
+                   parse_error)
+               SELECT DISTINCT ON (sha256) $1, sha256, size, message_id, in_reply_to, refs, subject,
+                   from_addr, from_name, to_addrs, cc_addrs, bcc_addrs, sent_at, internaldate, snippet,
+                   parse_error
+               FROM page_stage ORDER BY sha256
+               ON CONFLICT (account_id, sha256) DO NOTHING
+               RETURNING id, sha256""",
+            account_id,
+        )
+        await conn.execute(
+            """INSERT INTO message_locations
+                   (account_id, folder_id, uidvalidity, uid, message_pk, flags, internaldate)
+               SELECT $1, $2, $3, s.uid, m.id, s.flags, s.internaldate
+               FROM page_stage s JOIN messages m ON m.account_id = $1 AND m.sha256 = s.sha256
+               ORDER BY s.uid
+               ON CONFLICT (folder_id, uidvalidity, uid) DO UPDATE
+                   SET flags = EXCLUDED.flags, updated_at = now()
+                   WHERE message_locations.flags IS DISTINCT FROM EXCLUDED.flags""",
+            account_id, folder_id, uidvalidity,
+        )
+        new_messages = {r["id"]: by_sha[bytes(r["sha256"])] for r in new_rows}
+        if new_messages:
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", account_lock_key(account_id))
+            await _assign_threads(conn, account_id, new_messages)
+            await _upsert_contacts(conn, account_id, list(new_messages.values()))
+    return PageWriteResult(
+        messages=len(fetched),
+        new_messages=len(new_messages),
+        bytes=sum(len(m.raw) for m in fetched),
+        parse_errors=sum(1 for p in parsed if p.parse_error),
+    )
+
+
+async def _assign_threads(
+    conn: asyncpg.Connection, account_id: str, new_messages: dict[int, ParsedMessage]
+) -> None:
+    refs_by_message = {pk: p.thread_refs() for pk, p in new_messages.items()}
+    all_refs = sorted({r for refs in refs_by_message.values() for r in refs})
+    known = {
+        r["ref"]: r["thread_id"]
+        for r in await conn.fetch(
+            "SELECT ref, thread_id FROM thread_refs WHERE account_id = $1 AND ref = ANY($2::text[])",
+            account_id, all_refs,
+        )
+    }
+    groups = group_page(refs_by_message, known)
+    fresh = [g for g in groups if not g.existing_threads]
+    new_ids = [
+        r["id"]
+        for r in await conn.fetch(
+            "INSERT INTO threads (account_id) SELECT $1 FROM generate_series(1, $2) RETURNING id",
+            account_id, len(fresh),
+        )
+    ]
+    for g, tid in zip(fresh, new_ids):
+        g.existing_threads = [tid]
+    ref_rows: list[tuple[str, int]] = []
+    msg_rows: list[tuple[int, int]] = []
+    touched: set[int] = set()
+    for g in groups:
+        target, *merged = g.existing_threads
+        if merged:  # this page links threads that were separate until now
+            await conn.execute(
+                "UPDATE thread_refs SET thread_id = $1 WHERE thread_id = ANY($2::bigint[])", target, merged
+            )
+            await conn.execute(
+                "UPDATE messages SET thread_id = $1 WHERE thread_id = ANY($2::bigint[])", target, merged
+            )
+            await conn.execute("DELETE FROM threads WHERE id = ANY($1::bigint[])", merged)
+        touched.add(target)
+        ref_rows.extend((ref, target) for ref in g.refs)
+        msg_rows.extend((pk, target) for pk in g.message_keys)
+    await conn.execute(
+        """INSERT INTO thread_refs (account_id, ref, thread_id)
+           SELECT $1, ref, tid FROM unnest($2::text[], $3::bigint[]) AS t(ref, tid) ORDER BY ref
+           ON CONFLICT (account_id, ref) DO UPDATE SET thread_id = EXCLUDED.thread_id""",
+        account_id, [r for r, _ in ref_rows], [t for _, t in ref_rows],
+    )
+    await conn.execute(
+        """UPDATE messages m SET thread_id = t.tid
+           FROM unnest($1::bigint[], $2::bigint[]) AS t(pk, tid) WHERE m.id = t.pk""",
+        [pk for pk, _ in msg_rows], [t for _, t in msg_rows],
+    )
+    await conn.execute(
+        """UPDATE threads t SET message_count = s.n, first_date = s.first, last_date = s.last,
+                  subject = COALESCE(s.subject, t.subject)
+           FROM (SELECT thread_id, count(*) AS n, min(sent_at) AS first, max(sent_at) AS last,
+                        (array_agg(subject ORDER BY sent_at NULLS LAST, id))[1] AS subject
+                 FROM messages WHERE thread_id = ANY($1::bigint[]) GROUP BY thread_id) s
+           WHERE t.id = s.thread_id""",
+        sorted(touched),
+    )
+
+
+async def _upsert_contacts(conn: asyncpg.Connection, account_id: str, messages: list[ParsedMessage]) -> None:
+    agg: dict[str, list] = {}
+    for p in messages:
+        for addr, name in dict(p.people).items():  # one count per message per address
+            row = agg.setdefault(addr, [name, 0, p.sent_at, p.sent_at])
+            row[0] = row[0] or name
+            row[1] += 1
+            if p.sent_at:
+                row[2] = min(filter(None, (row[2], p.sent_at)), default=None)
+                row[3] = max(filter(None, (row[3], p.sent_at)), default=None)
+    if not agg:
+        return
+    addrs = sorted(agg)
+    firsts: list[datetime | None] = [agg[a][2] for a in addrs]
+    await conn.execute(
+        """INSERT INTO contacts (account_id, address, display_name, message_count, first_seen, last_seen)
+           SELECT $1, a, NULLIF(n, ''), c, f, l
+           FROM unnest($2::text[], $3::text[], $4::int[], $5::timestamptz[], $6::timestamptz[])
+                AS t(a, n, c, f, l)
+           ON CONFLICT (account_id, address) DO UPDATE SET
+               display_name = COALESCE(EXCLUDED.display_name, contacts.display_name),
+               message_count = contacts.message_count + EXCLUDED.message_count,
+               first_seen = LEAST(contacts.first_seen, EXCLUDED.first_seen),
+               last_seen = GREATEST(contacts.last_seen, EXCLUDED.last_seen)""",
+        account_id, addrs, [agg[a][0] for a in addrs], [agg[a][1] for a in addrs],
+        firsts, [agg[a][3] for a in addrs],
+    )

@@ -1,0 +1,149 @@
+"""FolderSyncWorkflow: mirrors one IMAP folder, newest page first; its state is the folder's checkpoint."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.imap_sync import ImapActivities
+    from workflows.models import (
+        FolderPhase, FolderProgress, FolderState, FolderSyncInput, FolderSyncResult, PageSummary,
+        PlanPagesInput, PlanPagesResult, SyncPageInput, UidRange,
+    )
+    from workflows.policies import (
+        ACTIVITY_RETRY, PAGE_HEARTBEAT, PAGE_TIMEOUT, PAUSE_AFTER_EXHAUSTED, SHORT_TIMEOUT,
+        failure_message, failure_type,
+    )
+
+PROGRESS_SIGNAL = "folder_progress"
+_REPORT_EVERY = timedelta(seconds=2)
+
+
+class _Restart(Exception):
+    """UIDVALIDITY moved under us: start the folder over."""
+
+
+@workflow.defn
+class FolderSyncWorkflow:
+    def __init__(self) -> None:
+        self._state: FolderState | None = None
+        self._last_report = None
+
+    @workflow.query
+    def progress(self) -> FolderProgress | None:
+        return self._state.progress if self._state else None
+
+    @workflow.run
+    async def run(self, inp: FolderSyncInput) -> FolderSyncResult:
+        st = inp.state or FolderState(progress=FolderProgress(name=inp.folder.name, role=inp.folder.role))
+        self._state = st
+        st.progress.phase = FolderPhase.running
+        pages_this_run = 0
+        while True:
+            try:
+                if not st.planned or (not st.pending and st.more_below is not None):
+                    await self._plan(inp, st)
+                if not st.pending:
+                    break
+                summary = await self._sync_page(inp, st, st.pending[0])
+            except _Restart:
+                st = self._state = FolderState(
+                    progress=FolderProgress(name=inp.folder.name, role=inp.folder.role, phase=FolderPhase.running),
+                    restarts=st.restarts + 1,
+                )
+                continue
+            except _FolderGone as gone:
+                st.progress.phase = FolderPhase.failed
+                st.progress.error = f"folder disappeared on the server: {gone}"
+                st.pending.clear()
+                await self._report(inp, force=True)
+                return self._result(inp, st)
+            page = st.pending.pop(0)
+            st.progress.done += summary.fetched
+            st.progress.total -= min(summary.vanished, page.count)
+            st.progress.failed += summary.parse_errors
+            st.progress.bytes += summary.bytes
+            st.progress.error = None
+            st.pages_done += 1
+            pages_this_run += 1
+            await self._report(inp)
+            if st.pending and (pages_this_run >= inp.pages_per_run or workflow.info().is_continue_as_new_suggested()):
+                await self._report(inp, force=True)
+                workflow.continue_as_new(inp.model_copy(update={"state": st}))
+        st.progress.phase = FolderPhase.done
+        st.progress.total = max(st.progress.total, st.progress.done)
+        await self._report(inp, force=True)
+        return self._result(inp, st)
+
+    def _result(self, inp: FolderSyncInput, st: FolderState) -> FolderSyncResult:
+        return FolderSyncResult(
+            folder=inp.folder, progress=st.progress, uidvalidity=st.uidvalidity, uidnext=st.uidnext,
+            highestmodseq=st.highestmodseq,
+        )
+
+    async def _plan(self, inp: FolderSyncInput, st: FolderState) -> None:
+        plan: PlanPagesResult = await self._retrying(
+            ImapActivities.plan_folder_pages,
+            PlanPagesInput(
+                account_id=inp.account_id, folder=inp.folder, expected_uidvalidity=st.uidvalidity,
+                below_uid=st.more_below if st.planned else None, page_size=inp.page_size,
+            ),
+            SHORT_TIMEOUT, None, inp,
+        )
+        if not st.planned:
+            st.uidvalidity, st.uidnext, st.highestmodseq = plan.uidvalidity, plan.uidnext, plan.highestmodseq
+            st.progress.total = plan.exists
+            st.planned = True
+        st.pending.extend(plan.pages)
+        st.more_below = plan.more_below
+        await self._report(inp, force=True)
+
+    async def _sync_page(self, inp: FolderSyncInput, st: FolderState, page: UidRange) -> PageSummary:
+        assert st.uidvalidity is not None
+        return await self._retrying(
+            ImapActivities.sync_page,
+            SyncPageInput(
+                account_id=inp.account_id, folder=inp.folder, uidvalidity=st.uidvalidity, page=page,
+                chunk_size=inp.chunk_size,
+            ),
+            PAGE_TIMEOUT, PAGE_HEARTBEAT, inp,
+        )
+
+    async def _retrying(self, fn, arg, timeout, heartbeat, inp: FolderSyncInput):  # type: ignore[no-untyped-def]
+        """Run an activity; once its retries are spent, record the error, wait, and go again."""
+        while True:
+            try:
+                return await workflow.execute_activity_method(
+                    fn, arg, start_to_close_timeout=timeout, heartbeat_timeout=heartbeat,
+                    retry_policy=ACTIVITY_RETRY,
+                )
+            except ActivityError as err:
+                kind = failure_type(err)
+                if kind == "UidValidityChanged":
+                    raise _Restart() from err
+                if kind == "FolderGone":
+                    raise _FolderGone(failure_message(err)) from err
+                if kind in ("AuthError", "AccountNotFound", "SecretKeyError"):
+                    raise ApplicationError(failure_message(err), type=kind, non_retryable=True) from err
+                assert self._state is not None
+                self._state.progress.error = failure_message(err)
+                await self._report(inp, force=True)
+                await workflow.sleep(PAUSE_AFTER_EXHAUSTED)
+
+    async def _report(self, inp: FolderSyncInput, *, force: bool = False) -> None:
+        """Tell the account workflow how far we are; throttled so its history stays small."""
+        assert self._state is not None
+        now = workflow.now()
+        if not force and self._last_report is not None and now - self._last_report < _REPORT_EVERY:
+            return
+        self._last_report = now
+        self._state.progress.updated_at = now
+        handle = workflow.get_external_workflow_handle(inp.parent_workflow_id)
+        await handle.signal(PROGRESS_SIGNAL, self._state.progress)
+
+
+class _FolderGone(Exception):
+    pass

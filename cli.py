@@ -243,8 +243,7 @@ def sync_start(
         client = await connect(settings)
         handle = await client.start_workflow(
             AccountSyncWorkflow.run,
-            AccountSyncInput(account_id=account_id, page_size=settings.page_size,
-                             chunk_size=settings.fetch_chunk, connection_limit=settings.connection_limit),
+            AccountSyncInput(account_id=account_id, tuning=settings.tuning()),
             id=account_workflow_id(account_id), task_queue=settings.task_queue,
             id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,

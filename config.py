@@ -43,6 +43,18 @@ class Settings(BaseSettings):
     max_concurrent_activities: int = Field(default=8, ge=1, validation_alias="MAILSYNC_WORKER_ACTIVITIES")
     db_pool_size: int = Field(default=8, ge=1, validation_alias="MAILSYNC_DB_POOL_SIZE")
 
+    pages_per_run: int = Field(default=100, ge=1, validation_alias="MAILSYNC_PAGES_PER_RUN")
+
+    def tuning(self):  # type: ignore[no-untyped-def]
+        """The subset of settings that travels in workflow inputs."""
+        from workflows.models import SyncTuning
+
+        return SyncTuning(
+            page_size=self.page_size, chunk_size=self.fetch_chunk, connection_limit=self.connection_limit,
+            pages_per_run=self.pages_per_run, page_timeout_seconds=self.activity_timeout,
+            heartbeat_seconds=self.heartbeat_timeout,
+        )
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:

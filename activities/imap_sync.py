@@ -93,9 +93,12 @@ class ImapActivities:
         summary = PageSummary(resumed_from=resume_below)
         progress = {"below": resume_below}
 
+        timeout = info.heartbeat_timeout.total_seconds() if info.heartbeat_timeout else 60.0
+        every = min(_HEARTBEAT_EVERY_S, timeout / 3)
+
         async def beat() -> None:
             while True:
-                await asyncio.sleep(_HEARTBEAT_EVERY_S)
+                await asyncio.sleep(every)
                 activity.heartbeat(progress["below"])
 
         beater = asyncio.create_task(beat())

@@ -76,7 +76,7 @@ class AccountSyncWorkflow:
             self._folders.setdefault(f.name, FolderProgress(name=f.name, role=f.role))
         self._progress.phase = AccountPhase.initial
 
-        slots = asyncio.Semaphore(max(1, inp.connection_limit))
+        slots = asyncio.Semaphore(max(1, inp.tuning.connection_limit))
         results = await asyncio.gather(*(self._sync_folder(inp, f, slots) for f in discovered.folders))
         if self._auth_error:
             return await self._fail_auth(inp)
@@ -112,7 +112,7 @@ class AccountSyncWorkflow:
                     FolderSyncWorkflow.run,
                     FolderSyncInput(
                         account_id=inp.account_id, folder=folder, parent_workflow_id=workflow.info().workflow_id,
-                        page_size=inp.page_size, chunk_size=inp.chunk_size,
+                        tuning=inp.tuning,
                     ),
                     id=f"{workflow.info().workflow_id}/folder/{folder.folder_id}",
                 )

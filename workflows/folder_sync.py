@@ -14,7 +14,7 @@ with workflow.unsafe.imports_passed_through():
         PlanPagesInput, PlanPagesResult, SyncPageInput, UidRange,
     )
     from workflows.policies import (
-        ACTIVITY_RETRY, PAGE_HEARTBEAT, PAGE_TIMEOUT, PAUSE_AFTER_EXHAUSTED, SHORT_TIMEOUT,
+        ACTIVITY_RETRY, PAUSE_AFTER_EXHAUSTED, SHORT_TIMEOUT,
         failure_message, failure_type,
     )
 
@@ -70,7 +70,7 @@ class FolderSyncWorkflow:
             st.pages_done += 1
             pages_this_run += 1
             await self._report(inp)
-            if st.pending and (pages_this_run >= inp.pages_per_run or workflow.info().is_continue_as_new_suggested()):
+            if st.pending and (pages_this_run >= inp.tuning.pages_per_run or workflow.info().is_continue_as_new_suggested()):
                 await self._report(inp, force=True)
                 workflow.continue_as_new(inp.model_copy(update={"state": st}))
         st.progress.phase = FolderPhase.done
@@ -89,7 +89,7 @@ class FolderSyncWorkflow:
             ImapActivities.plan_folder_pages,
             PlanPagesInput(
                 account_id=inp.account_id, folder=inp.folder, expected_uidvalidity=st.uidvalidity,
-                below_uid=st.more_below if st.planned else None, page_size=inp.page_size,
+                below_uid=st.more_below if st.planned else None, page_size=inp.tuning.page_size,
             ),
             SHORT_TIMEOUT, None, inp,
         )
@@ -107,9 +107,9 @@ class FolderSyncWorkflow:
             ImapActivities.sync_page,
             SyncPageInput(
                 account_id=inp.account_id, folder=inp.folder, uidvalidity=st.uidvalidity, page=page,
-                chunk_size=inp.chunk_size,
+                chunk_size=inp.tuning.chunk_size,
             ),
-            PAGE_TIMEOUT, PAGE_HEARTBEAT, inp,
+            timedelta(seconds=inp.tuning.page_timeout_seconds), timedelta(seconds=inp.tuning.heartbeat_seconds), inp,
         )
 
     async def _retrying(self, fn, arg, timeout, heartbeat, inp: FolderSyncInput):  # type: ignore[no-untyped-def]

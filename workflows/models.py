@@ -11,6 +11,17 @@ from enum import Enum
 from pydantic import BaseModel, Field
 
 
+class SyncTuning(BaseModel):
+    """Knobs an operator sets (config.Settings) that the workflows pass down to every folder."""
+
+    page_size: int = 500
+    chunk_size: int = 100
+    connection_limit: int = 2
+    pages_per_run: int = 100         # a folder workflow continues-as-new after this many pages
+    page_timeout_seconds: float = 600.0
+    heartbeat_seconds: float = 60.0
+
+
 class FolderRef(BaseModel):
     folder_id: int
     name: str
@@ -113,9 +124,7 @@ class FolderSyncInput(BaseModel):
     account_id: str
     folder: FolderRef
     parent_workflow_id: str
-    page_size: int = 500
-    chunk_size: int = 100
-    pages_per_run: int = 100         # continue-as-new after this many pages
+    tuning: SyncTuning = Field(default_factory=SyncTuning)
     state: FolderState | None = None
 
 
@@ -138,9 +147,7 @@ class AccountPhase(str, Enum):
 
 class AccountSyncInput(BaseModel):
     account_id: str
-    page_size: int = 500
-    chunk_size: int = 100
-    connection_limit: int = 2
+    tuning: SyncTuning = Field(default_factory=SyncTuning)
 
 
 class AccountProgress(BaseModel):

@@ -21,8 +21,6 @@ QUICK_RETRY = RetryPolicy(
     maximum_attempts=0,
 )
 PAUSE_AFTER_EXHAUSTED = timedelta(seconds=60)
-PAGE_TIMEOUT = timedelta(minutes=10)
-PAGE_HEARTBEAT = timedelta(seconds=60)
 SHORT_TIMEOUT = timedelta(minutes=2)
 
 
@@ -36,8 +34,9 @@ def failure_type(err: BaseException) -> str | None:
 
 def failure_message(err: BaseException) -> str:
     cause: BaseException | None = err
-    while isinstance(cause, (ActivityError, ChildWorkflowError)) and cause.cause is not None:
-        cause = cause.cause
+    # ActivityError, ChildWorkflowError and the client's WorkflowFailureError all wrap the real reason
+    while not isinstance(cause, ApplicationError) and getattr(cause, "cause", None) is not None:
+        cause = cause.cause  # type: ignore[union-attr]
     if isinstance(cause, ApplicationError):
         return cause.message
     return str(cause)

@@ -1,0 +1,128 @@
+"""Unit tests of the pure pieces: header parsing, thread grouping, IMAP response parsing, crypto."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import pytest
+
+from mail.parse import parse_message
+from mail.threads import group_page
+from providers.imap.client import uid_set
+from providers.imap.parse import parse_fetch, parse_list, parse_select
+from store.crypto import CredentialBox, SecretKeyError, parse_key
+
+
+def test_parse_encoded_words_addresses_and_refs() -> None:
+    raw = (
+        b"From: =?UTF-8?B?SsO8cmdlbg==?= <J@Ex.com>\r\nTo: a@b.c, \"X\" <Y@Z.w>\r\nCc: c@d.e\r\n"
+        b"Subject: =?utf-8?q?Gr=C3=BC=C3=9Fe?=\r\nMessage-ID: <1@x>\r\nIn-Reply-To: <0@x>\r\n"
+        b"References: <a@x> <0@x>\r\nDate: Mon, 1 Jan 2024 10:00:00 +0100\r\n\r\nHello\r\n  world\r\n"
+    )
+    p = parse_message(raw)
+    assert p.subject == "Grüße"
+    assert (p.from_addr, p.from_name) == ("j@ex.com", "Jürgen")
+    assert p.to_addrs == ["a@b.c", "y@z.w"] and p.cc_addrs == ["c@d.e"]
+    assert p.message_id == "<1@x>" and p.in_reply_to == "<0@x>" and p.references == ["<a@x>", "<0@x>"]
+    assert p.snippet == "Hello world"
+    assert p.parse_error is None
+    assert p.thread_refs() == ["<a@x>", "<0@x>", "<1@x>"]
+
+
+@pytest.mark.parametrize(
+    "raw, reason",
+    [
+        (b"no separator at all\x00", "no header/body separator"),
+        (b"Subject: x\n\nbare LF body\n", "no From"),
+        (b"From: a@b\r\nSubject: \xff\xfe 8-bit\r\nDate: garbage\r\n\r\nbody", None),
+        (b"From: a@b\r\nDate: Mon, 1 Jan 2024 10:00:00 +0000\r\nContent-Type: multipart/mixed; boundary=\"zz\"\r\n\r\nno parts", "Boundary"),
+    ],
+)
+def test_malformed_messages_never_raise(raw: bytes, reason: str | None) -> None:
+    p = parse_message(raw)
+    assert p.size == len(raw)
+    if reason:
+        assert p.parse_error and reason in p.parse_error
+    for text in (p.subject, p.snippet, p.from_name, p.parse_error):
+        assert text is None or "\x00" not in text
+
+
+def test_message_without_ids_gets_its_own_thread_key() -> None:
+    p = parse_message(b"From: a@b\r\n\r\nx")
+    assert p.thread_refs() == ["sha256:" + p.sha256.hex()]
+
+
+def _partition(refs_by_message: dict[int, list[str]], order: list[int], page: int) -> set[frozenset[int]]:
+    """Replays group_page over pages in the given arrival order, like the store does, and returns threads."""
+    known: dict[str, int] = {}
+    members: dict[int, set[int]] = {}
+    next_id = itertools.count(1)
+    for i in range(0, len(order), page):
+        batch = {k: refs_by_message[k] for k in order[i : i + page]}
+        for g in group_page(batch, known):
+            target = g.existing_threads[0] if g.existing_threads else next(next_id)
+            for other in g.existing_threads[1:]:
+                members.setdefault(target, set()).update(members.pop(other, set()))
+                for r, t in list(known.items()):
+                    if t == other:
+                        known[r] = target
+            members.setdefault(target, set()).update(g.message_keys)
+            for r in g.refs:
+                known[r] = target
+    return {frozenset(m) for m in members.values()}
+
+
+def test_threads_are_independent_of_arrival_order() -> None:
+    chain = {i: [f"<{j}@x>" for j in range(i + 1)] if i % 2 else [f"<{i}@x>", f"<{i - 1}@x>"] if i else ["<0@x>"]
+             for i in range(8)}
+    chain.update({100: ["<other@x>"], 101: ["<other@x>", "<reply@x>"]})
+    expected = {frozenset(range(8)), frozenset({100, 101})}
+    rng = random.Random(7)
+    for _ in range(50):
+        order = list(chain)
+        rng.shuffle(order)
+        assert _partition(chain, order, page=rng.choice([1, 2, 3, 10])) == expected
+
+
+def test_imap_fetch_parsing_handles_attributes_after_the_literal() -> None:
+    lines = [
+        b'1 FETCH (UID 7 RFC822.SIZE 5 BODY[] {5}', bytearray(b"hello"), b' FLAGS (\\Seen \\Recent) INTERNALDATE "24-Nov-2026 16:24:52 +0100")',
+        b"2 FETCH (FLAGS (\\Seen))",
+        b'3 FETCH (UID 9 FLAGS () INTERNALDATE "01-Jan-2020 00:00:00 +0000" BODY[] {0}', bytearray(b""), b")",
+        b"Fetch completed.",
+    ]
+    msgs = parse_fetch(lines)
+    assert [(m.uid, m.raw, m.flags) for m in msgs] == [(7, b"hello", ["\\Seen"]), (9, b"", [])]
+    assert msgs[0].internaldate is not None and msgs[0].internaldate.utcoffset().total_seconds() == 3600
+
+
+def test_imap_list_and_select_parsing() -> None:
+    folders = parse_list([
+        b'(\\HasNoChildren \\Sent) "/" Sent', b'(\\HasChildren) "/" "Lists"', b'(\\Noselect) "/" "Lists/x y"',
+        b'(\\HasNoChildren) "/" INBOX', b'(\\HasNoChildren) "/" {5}', b"Caf\xc3\xa9", b"List completed.",
+    ])
+    assert [(f.name, f.role, f.selectable) for f in folders] == [
+        ("Sent", "sent", True), ("Lists", None, True), ("Lists/x y", None, False), ("INBOX", "inbox", True),
+        ("Café", None, True),
+    ]
+    st = parse_select([b"3 EXISTS", b"OK [UIDVALIDITY 42] x", b"OK [UIDNEXT 9] y", b"OK [HIGHESTMODSEQ 5] z", b"done"])
+    assert (st.uidvalidity, st.uidnext, st.messages, st.highestmodseq) == (42, 9, 3, 5)
+
+
+def test_uid_set_is_compact() -> None:
+    assert uid_set([5, 1, 2, 3, 9, 12, 13, 14]) == "1:3,5,9,12:14"
+    assert uid_set([4]) == "4"
+
+
+def test_credential_box_binds_account_and_detects_wrong_key() -> None:
+    box = CredentialBox(b"a" * 32)
+    blob = box.seal(b"hunter2", "acc_1")
+    assert b"hunter2" not in blob
+    assert box.open(blob, "acc_1") == b"hunter2"
+    with pytest.raises(SecretKeyError):
+        box.open(blob, "acc_2")
+    with pytest.raises(SecretKeyError):
+        CredentialBox(b"b" * 32).open(blob, "acc_1")
+    with pytest.raises(SecretKeyError):
+        parse_key("c2hvcnQ=")

@@ -1,28 +1,54 @@
 """An IMAP session on aioimaplib with the timeouts, security modes and error classes mailsync needs.
 
 Every failure leaves here as a `providers.errors` class: callers never see aioimaplib's exceptions.
+Misuse (e.g. `changes_since` before `select`) raises RuntimeError.
+
+Besides the initial-sync operations (LIST, SELECT, UID SEARCH, UID FETCH of bodies) the session
+offers what incremental sync needs: STATUS as a cheap change probe, CONDSTORE/QRESYNC (RFC 7162)
+flag changes and expunges since a mod-sequence, plain flag ranges for servers without CONDSTORE,
+and IDLE (RFC 2177) with NOOP polling as fallback.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import ssl
 from collections.abc import Awaitable
 from typing import TypeVar
 
 import aioimaplib
-from aioimaplib.aioimaplib import Command
+from aioimaplib.aioimaplib import Command, IdleCommand
 
 from mail.model import FetchedMessage
 from providers.errors import AuthError, FolderGone, NetworkError, ServerError
-from providers.imap.parse import FolderInfo, FolderStatus, parse_fetch, parse_list, parse_search, parse_select
+from providers.imap.parse import (
+    FolderInfo,
+    FolderStatus,
+    MailboxChanges,
+    MailboxEvents,
+    MessageFlags,
+    change_lines,
+    parse_changes,
+    parse_fetch,
+    parse_flag_fetch,
+    parse_list,
+    parse_search,
+    parse_select,
+    parse_status,
+    view_was_stale,
+)
 from providers.imap.settings import ImapSettings, Security
 
 T = TypeVar("T")
 
 FETCH_ITEMS = "(UID FLAGS INTERNALDATE RFC822.SIZE BODY.PEEK[])"
+# RFC 2177: servers may drop a client idle for 30 minutes, so IDLE is re-issued at least every 29.
+IDLE_MAX_SECONDS = 29 * 60.0
 _NETWORK_ERRORS = (OSError, asyncio.TimeoutError, ssl.SSLError, aioimaplib.CommandTimeout, aioimaplib.Abort)
+# NUL, CR and LF would end or split a command line on the wire (RFC 3501 section 9).
+_CONTROL_CHARS = re.compile(r"[\x00\r\n]")
 
 
 def quote_mailbox(name: str) -> str:
@@ -44,6 +70,28 @@ def uid_set(uids: list[int]) -> str:
     return ",".join(parts)
 
 
+class _RawCommand(Command):
+    """A command line sent as written that collects every untagged response until its completion.
+
+    aioimaplib hands untagged responses to a pending *async* command only if they carry its name,
+    so a `* VANISHED` line during `UID FETCH` or an `* ENABLED` would be dropped; the one pending
+    *sync* command receives them all. This command therefore poses as the sync command `like`
+    (whose valid states aioimaplib checks locally) and renders its own wire text.
+    """
+
+    def __init__(
+        self, protocol: aioimaplib.IMAP4ClientProtocol, text: str, *, like: str = "SELECT",
+        timeout: float | None = None,
+    ) -> None:
+        if _CONTROL_CHARS.search(text):
+            raise ValueError(f"NUL, CR and LF are not allowed in an IMAP command line: {text!r}")
+        super().__init__(like, protocol.new_tag(), loop=protocol.loop, timeout=timeout)
+        self.text = text
+
+    def __repr__(self) -> str:  # aioimaplib sends str(command)
+        return f"{self.tag} {self.text}"
+
+
 class ImapSession:
     """One authenticated connection. Use `async with ImapSession(...) as s:`."""
 
@@ -59,6 +107,10 @@ class ImapSession:
         self._lost_reason = ""
         self.selected: str | None = None
         self.capabilities: set[str] = set()
+        self.qresync_enabled = False
+        # The last IDLE command's task, referenced so that an IDLE ended in the background (after a
+        # cancellation) is not garbage-collected before its tagged answer arrives.
+        self._idle_task: asyncio.Future[aioimaplib.Response] | None = None
 
     @property
     def where(self) -> str:
@@ -198,6 +250,7 @@ class ImapSession:
 
     async def select(self, name: str) -> FolderStatus:
         args = quote_mailbox(name)
+        self.selected = None  # a failed SELECT leaves no folder selected (RFC 3501 6.3.1)
         if "CONDSTORE" in self.capabilities:
             args += " (CONDSTORE)"  # makes SELECT report HIGHESTMODSEQ
         response = await self._guard(self.client.select(args), self._timeout, f"SELECT {name}")
@@ -224,3 +277,239 @@ class ImapSession:
             self.client.uid_search(f"UID {lo}:{hi}", charset=None), self._timeout, "UID SEARCH"
         )
         return [u for u in parse_search(self._check(response, "UID SEARCH").lines) if lo <= u <= hi]
+
+    # Incremental sync ----------------------------------------------------------------------------
+
+    @property
+    def has_condstore(self) -> bool:
+        """HIGHESTMODSEQ and CHANGEDSINCE are available (QRESYNC implies CONDSTORE, RFC 7162 3.2)."""
+        return "CONDSTORE" in self.capabilities or "QRESYNC" in self.capabilities
+
+    @property
+    def has_qresync(self) -> bool:
+        """QRESYNC can be enabled; `enable_qresync()` must run before the first SELECT."""
+        return "QRESYNC" in self.capabilities and "ENABLE" in self.capabilities
+
+    @property
+    def has_idle(self) -> bool:
+        return "IDLE" in self.capabilities
+
+    async def _raw(
+        self, text: str, what: str, *, like: str = "SELECT", timeout: float | None = None,
+        inactivity: float | None = None,
+    ) -> aioimaplib.Response:
+        """Send `text` as one command; NO/BAD become ServerError (FolderGone for a missing folder)."""
+        proto = self.client.protocol
+        command = _RawCommand(proto, text, like=like, timeout=inactivity)
+        response = await self._guard(proto.execute(command), timeout or self._timeout, what)
+        return self._check(response, what)
+
+    async def status(self, name: str) -> FolderStatus:
+        """MESSAGES, UIDNEXT, UIDVALIDITY (and HIGHESTMODSEQ with CONDSTORE) of a folder, without SELECT.
+
+        The cheap "did anything change" probe: compare with the stored cursors and sync only the
+        folders that moved. Works on the selected folder too (Dovecot answers with [CLIENTBUG]).
+        """
+        items = "MESSAGES UIDNEXT UIDVALIDITY" + (" HIGHESTMODSEQ" if self.has_condstore else "")
+        response = await self._raw(f"STATUS {quote_mailbox(name)} ({items})", f"STATUS {name}")
+        return parse_status(response.lines)
+
+    async def enable_qresync(self) -> bool:
+        """ENABLE QRESYNC if the server offers it; returns whether it is on for this connection.
+
+        Must precede the first SELECT (RFC 5161: ENABLE is valid in the authenticated state only).
+        Once on, the server reports expunges as `VANISHED` with UIDs and `changes_since` reports them.
+        """
+        if self.qresync_enabled:
+            return True
+        if not self.has_qresync:
+            return False
+        if self.selected is not None or self.client.get_state() != aioimaplib.AUTH:
+            raise RuntimeError("enable_qresync() must be called before the first select()")
+        response = await self._raw("ENABLE QRESYNC", "ENABLE QRESYNC", like="ENABLE")
+        self.qresync_enabled = any(
+            not isinstance(line, bytearray) and line.upper().startswith(b"ENABLED")
+            and b"QRESYNC" in line.upper().split()
+            for line in response.lines[:-1]
+        )
+        return self.qresync_enabled
+
+    async def select_since(
+        self, name: str, uidvalidity: int, modseq: int
+    ) -> tuple[FolderStatus, MailboxChanges | None]:
+        """SELECT with QRESYNC parameters: the folder's status and its changes since `modseq`, in one round trip.
+
+        The changes are None when the folder's UIDVALIDITY is no longer `uidvalidity` (the server
+        then ignores the parameters and the folder must be re-mirrored), when the folder has no
+        mod-sequences ([NOMODSEQ]), or when QRESYNC is not enabled (then this is a plain `select()`).
+        Their cursor is the HIGHESTMODSEQ the SELECT reports.
+        """
+        if not self.qresync_enabled:
+            return await self.select(name), None
+        args = f"{quote_mailbox(name)} (QRESYNC ({uidvalidity} {modseq}))"
+        self.selected = None
+        response = await self._guard(self.client.select(args), self._timeout * 10, f"SELECT {name}")
+        lines = self._check(response, f"SELECT {name}").lines
+        status = parse_select(lines)
+        self.selected = name
+        if status.uidvalidity != uidvalidity or status.highestmodseq is None:
+            return status, None
+        changes = parse_changes(lines, modseq, qresync=True)
+        changes.highestmodseq = max(changes.highestmodseq, status.highestmodseq)
+        return status, changes
+
+    async def changes_since(self, modseq: int, *, max_uid: int | None = None) -> MailboxChanges:
+        """Flag changes (and, with QRESYNC, expunges) in the selected folder since `modseq`.
+
+        `UID FETCH 1:* (UID FLAGS) (CHANGEDSINCE modseq VANISHED)` when QRESYNC is enabled, without
+        VANISHED under CONDSTORE alone: `vanished` is then empty and the caller finds expunges by
+        diffing `uid_search_all()` (or `flags_range` pages) against the UIDs it holds. `max_uid`
+        limits the question to UIDs the caller already has (new mail comes by UIDNEXT anyway) and
+        bounds how many vanished UIDs an old mod-sequence can produce. Store the returned
+        `highestmodseq` as the next cursor.
+        """
+        if self.selected is None:
+            raise RuntimeError("changes_since() needs a selected folder")
+        if not self.has_condstore:
+            raise RuntimeError(f"{self.where} does not offer CONDSTORE; use flags_range() instead")
+        if max_uid is not None and max_uid < 1:
+            return MailboxChanges(changed=[], vanished=[], highestmodseq=modseq)
+        uids = f"1:{max_uid}" if max_uid is not None else "1:*"
+        modifiers = f"CHANGEDSINCE {modseq}" + (" VANISHED" if self.qresync_enabled else "")
+        for _ in range(3):
+            response = await self._raw(
+                f"UID FETCH {uids} (UID FLAGS) ({modifiers})", "UID FETCH CHANGEDSINCE",
+                timeout=self._timeout * 10, inactivity=self._timeout,
+            )
+            changes = parse_changes(response.lines, modseq, qresync=self.qresync_enabled)
+            # Dovecot answers from the session's view as of the command's start and only then
+            # announces other sessions' changes, without UIDs unless QRESYNC is on. The view is
+            # current now, so asking again places them (a busy folder may need one more round).
+            if not changes.partial:
+                break
+        return changes
+
+    async def flags_range(self, lo: int, hi: int) -> list[MessageFlags]:
+        """Current flags of the messages with UIDs lo..hi in the selected folder, in UID order.
+
+        The diff fallback without CONDSTORE, paged by the caller: a UID it holds in lo..hi that is
+        missing from the answer has been expunged. The answer is current as of the call (it is
+        asked again, up to twice, while the server announces changes the first answer predates).
+        """
+        if self.selected is None:
+            raise RuntimeError("flags_range() needs a selected folder")
+        if lo < 1 or hi < lo:
+            raise ValueError(f"bad UID range {lo}:{hi}")
+        for _ in range(3):
+            response = await self._raw(
+                f"UID FETCH {lo}:{hi} (UID FLAGS)", "UID FETCH FLAGS",
+                timeout=self._timeout * 10, inactivity=self._timeout,
+            )
+            # An answer from a stale view still lists messages other sessions expunged and their
+            # old flags; the updates announced after it bring the view up to date, so ask again.
+            if not view_was_stale(response.lines):
+                break
+        # Unsolicited FETCHes for other UIDs can ride along (QRESYNC sends UIDs with them).
+        return [m for m in parse_flag_fetch(response.lines) if lo <= m.uid <= hi]
+
+    async def noop(self) -> MailboxEvents:
+        """NOOP: the changes the server reports for the selected folder since the last command."""
+        response = await self._raw("NOOP", "NOOP")
+        return MailboxEvents(change_lines(response.lines[:-1]))
+
+    async def idle(self, timeout: float, *, poll_interval: float = 5.0) -> MailboxEvents:
+        """Wait until the server reports a change in the selected folder, or `timeout` seconds.
+
+        Returns as soon as a push (EXISTS, EXPUNGE, FETCH, VANISHED) arrives, with every change line
+        received until IDLE ended, or with no lines after a quiet `timeout` (capped at 29 min, RFC
+        2177). Either way IDLE is over and the session usable. Without IDLE, polls with NOOP every
+        `poll_interval` seconds. A dropped connection raises NetworkError at once.
+        """
+        if self.selected is None:
+            raise RuntimeError("idle() needs a selected folder")
+        timeout = max(0.0, min(timeout, IDLE_MAX_SECONDS))
+        if not self.has_idle:
+            return await self._poll(timeout, poll_interval)
+        proto = self.client.protocol
+        pushes: asyncio.Queue[list[bytes]] = asyncio.Queue()
+        command = IdleCommand(proto.new_tag(), pushes, loop=proto.loop)
+        running = asyncio.ensure_future(proto.execute(command))
+        self._idle_task = running
+        try:
+            # DONE is only meaningful once the server has answered "+ idling".
+            started = asyncio.ensure_future(proto.wait_for_idle_response())
+            try:
+                await self._guard(
+                    asyncio.wait({running, started}, return_when=asyncio.FIRST_COMPLETED), self._timeout, "IDLE"
+                )
+            finally:
+                started.cancel()
+            seen: list[bytes] = []
+            if not running.done():
+                seen = await self._wait_for_push(pushes, running, timeout)
+            if not running.done():
+                proto.idle_done()
+            response = await self._guard(running, self._timeout, "IDLE DONE")
+            self._check(response, "IDLE")
+        finally:
+            if not running.done():
+                if self._lost.is_set():
+                    running.cancel()  # its answer will never come
+                else:
+                    # Interrupted (cancelled, timed out): end IDLE anyway so the connection can
+                    # still LOGOUT; the tagged answer completes `running` in the background.
+                    try:
+                        proto.idle_done()
+                    except Exception:  # the transport is going away; close() copes
+                        pass
+        # Pushes that arrived after the first one: flushed batches in the queue, and what came in
+        # the same read as the tagged answer, which aioimaplib leaves in the command's buffer.
+        while not pushes.empty():
+            seen.extend(pushes.get_nowait())
+        seen.extend(command.buffer)
+        return MailboxEvents(change_lines(seen))
+
+    async def _wait_for_push(
+        self, pushes: asyncio.Queue[list[bytes]], running: asyncio.Future[aioimaplib.Response], timeout: float
+    ) -> list[bytes]:
+        """Untagged lines received in IDLE up to the first change line, or until `timeout`."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        seen: list[bytes] = []
+        while not running.done():  # a tagged answer (or BYE) ends IDLE from the server side
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            get = asyncio.ensure_future(pushes.get())
+            lost = asyncio.ensure_future(self._lost.wait())
+            try:
+                done, _ = await asyncio.wait(
+                    {get, lost, running}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                get.cancel()
+                lost.cancel()
+            if get in done:
+                batch = get.result()
+                seen.extend(batch)
+                if change_lines(batch):  # keepalives like "OK Still here" do not count
+                    break
+            if lost in done:
+                raise NetworkError(f"IDLE on {self.where}: connection lost ({self._lost_reason})")
+        return seen
+
+    async def _poll(self, timeout: float, interval: float) -> MailboxEvents:
+        """IDLE's stand-in: NOOP every `interval` s until a change is reported or `timeout` passes."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            events = await self.noop()
+            remaining = deadline - loop.time()
+            if events.changed or remaining <= 0:
+                return events
+            try:
+                # Sleep, but notice a dropped connection at once rather than at the next NOOP.
+                await asyncio.wait_for(self._lost.wait(), min(interval, remaining))
+            except asyncio.TimeoutError:
+                continue
+            raise NetworkError(f"NOOP polling on {self.where}: connection lost ({self._lost_reason})")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from contextlib import suppress
 
 from temporalio import activity
@@ -10,7 +11,7 @@ from temporalio import activity
 from activities.deps import Deps
 from activities.errors import classified_errors
 from mail.model import FetchedMessage
-from mail.parse import parse_message
+from mail.parse import parse_many
 from providers.errors import UidValidityChanged
 from store.folders import FolderRow, record_folder_state, upsert_folders
 from store.pages import persist_page
@@ -22,6 +23,7 @@ from workflows.models import (
 # Folders a user reads first come first; the rest follow by name.
 _ROLE_ORDER = {"inbox": 0, "sent": 1, "archive": 2, "drafts": 3, "flagged": 4}
 _HEARTBEAT_EVERY_S = 5.0
+_WRITES_IN_FLIGHT = 3
 
 
 def _pages_newest_first(uids: list[int], page_size: int) -> list[UidRange]:
@@ -117,28 +119,37 @@ class ImapActivities:
                     uids.sort(reverse=True)
                     summary.vanished = max(0, inp.page.count - len(uids)) if resume_below is None else 0
                     chunks = [uids[i : i + inp.chunk_size] for i in range(0, len(uids), inp.chunk_size)]
-                    writer: asyncio.Task[None] | None = None
-                    for chunk in chunks:
-                        fetched = await session.fetch(chunk)
-                        if writer is not None:
-                            await writer
-                        writer = asyncio.create_task(self._write(inp, fetched, chunk, summary, progress))
-                    if writer is not None:
-                        await writer
+                    # Fetching chunk k+1 overlaps the writes of the chunks before it; a few writes run at
+                    # once (each its own transaction) because one commit per chunk is latency-bound.
+                    writes: deque[tuple[asyncio.Task[None], int]] = deque()
+
+                    async def settle_oldest() -> None:
+                        task, lowest = writes.popleft()
+                        await task
+                        # settled in fetch order, so every UID above `lowest` is persisted
+                        progress["below"] = lowest
+                        activity.heartbeat(lowest)
+
+                    try:
+                        for chunk in chunks:
+                            fetched = await session.fetch(chunk)
+                            while len(writes) >= _WRITES_IN_FLIGHT:
+                                await settle_oldest()
+                            writes.append((asyncio.create_task(self._write(inp, fetched, summary)), min(chunk)))
+                        while writes:
+                            await settle_oldest()
+                    finally:
+                        for task, _ in writes:
+                            task.cancel()
         finally:
             beater.cancel()
         return summary
 
-    async def _write(
-        self, inp: SyncPageInput, fetched: list[FetchedMessage], chunk: list[int],
-        summary: PageSummary, progress: dict[str, int | None],
-    ) -> None:
-        parsed = [parse_message(m.raw) for m in fetched]
+    async def _write(self, inp: SyncPageInput, fetched: list[FetchedMessage], summary: PageSummary) -> None:
+        parsed = parse_many([m.raw for m in fetched])
         async with self.deps.pool.acquire() as conn:
             result = await persist_page(conn, inp.account_id, inp.folder.folder_id, inp.uidvalidity, fetched, parsed)
         summary.fetched += result.messages
         summary.new_messages += result.new_messages
         summary.bytes += result.bytes
         summary.parse_errors += result.parse_errors
-        progress["below"] = min(chunk)
-        activity.heartbeat(progress["below"])

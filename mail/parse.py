@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import binascii
 import email
+import email.parser
 import email.policy
 import hashlib
 import re
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from email.header import decode_header, make_header
@@ -18,6 +21,8 @@ _SNIPPET_CHARS = 200
 _MSGID_RE = re.compile(r"<[^<>\s]+>")
 _WS_RE = re.compile(r"\s+")
 _TAG_RE = re.compile(r"<[^>]*>")
+# headersonly: the feed parser would otherwise compile a regex per MIME boundary it meets
+_HEADERS = email.parser.BytesParser(policy=email.policy.compat32)
 _OLDEST = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _NEWEST = datetime(2200, 1, 1, tzinfo=timezone.utc)
 
@@ -103,27 +108,110 @@ def _date(value: object) -> datetime | None:
     return dt if _OLDEST <= dt < _NEWEST else None
 
 
-def _snippet(raw: bytes) -> str | None:
-    msg = email.message_from_bytes(raw[:_SNIPPET_SCAN_BYTES], policy=email.policy.compat32)
-    html: str | None = None
-    for part in msg.walk():
-        if part.is_multipart():
-            continue
-        ctype = part.get_content_type()
-        if ctype not in ("text/plain", "text/html"):
-            continue
-        payload = part.get_payload(decode=True)
-        if not isinstance(payload, bytes):
-            continue
-        charset = part.get_content_charset() or "utf-8"
+def _split_head(part: bytes) -> tuple[Message, bytes]:
+    end = part.find(b"\r\n\r\n")
+    sep = 4
+    if end < 0:
+        end, sep = part.find(b"\n\n"), 2
+    if end < 0:
+        return _HEADERS.parsebytes(part, headersonly=True), b""
+    return _HEADERS.parsebytes(part[: end + 2], headersonly=True), part[end + sep :]
+
+
+def _leaf_text(head: Message, body: bytes) -> str:
+    cte = str(head.get("Content-Transfer-Encoding", "")).strip().lower()
+    if cte == "base64":
+        data = b"".join(body.split())
+        data = data[: len(data) - len(data) % 4]
         try:
-            text = payload.decode(charset, "replace")
-        except LookupError:
-            text = payload.decode("utf-8", "replace")
-        if ctype == "text/plain":
-            return _WS_RE.sub(" ", text).strip()[:_SNIPPET_CHARS]
-        html = html or _WS_RE.sub(" ", _TAG_RE.sub(" ", text)).strip()[:_SNIPPET_CHARS]
-    return html
+            body = binascii.a2b_base64(data)
+        except binascii.Error:
+            pass
+    elif cte == "quoted-printable":
+        body = binascii.a2b_qp(body)
+    charset = head.get_content_charset() or "utf-8"
+    try:
+        return body.decode(charset, "replace")
+    except LookupError:
+        return body.decode("utf-8", "replace")
+
+
+def _first_text(head: Message, body: bytes, depth: int = 0) -> tuple[str | None, str | None]:
+    """(first text/plain, first text/html) of a MIME entity, walking parts by their boundaries only.
+
+    Splitting on the boundary line instead of running the feed parser over the whole body keeps the
+    snippet cheap (it is computed for every message of every page).
+    """
+    ctype = head.get_content_type()
+    if ctype == "text/plain":
+        return _leaf_text(head, body), None
+    if ctype == "text/html":
+        return None, _leaf_text(head, body)
+    boundary = head.get_param("boundary") if head.get_content_maintype() == "multipart" else None
+    if not isinstance(boundary, str) or not boundary or depth > 4:
+        return None, None
+    html: str | None = None
+    for piece in _parts(body, b"--" + boundary.encode("ascii", "replace")):
+        part_head, part_body = _split_head(piece)
+        plain, part_html = _first_text(part_head, part_body, depth + 1)
+        if plain is not None:
+            return plain, None
+        html = html or part_html
+    return None, html
+
+
+def _parts(body: bytes, delimiter: bytes) -> Iterator[bytes]:
+    """The body parts between boundary lines (RFC 2046 5.1.1).
+
+    A delimiter only counts at the start of a line and followed by end of line or `--`: a nested
+    boundary may extend the outer one (`=_b` and `=_b_alt`).
+    """
+    pos, start = 0, -1
+    while True:
+        at = body.find(delimiter, pos)
+        if at < 0:
+            if start >= 0:
+                yield body[start:]
+            return
+        after = at + len(delimiter)
+        tail = body[after : after + 2]
+        at_line_start = at == 0 or body[at - 1 : at] == b"\n"
+        closing = tail == b"--"
+        if at_line_start and (closing or tail[:1] in (b"\r", b"\n", b" ", b"\t", b"")):
+            if start >= 0:
+                end = at - 2 if body[at - 2 : at] == b"\r\n" else at - 1
+                yield body[start:end]
+            if closing:
+                return
+            eol = body.find(b"\n", after)
+            if eol < 0:
+                return
+            start = eol + 1
+        pos = after
+
+
+def _snippet(head: Message, body: bytes) -> str | None:
+    plain, html = _first_text(head, body[:_SNIPPET_SCAN_BYTES])
+    if plain is not None:
+        return _WS_RE.sub(" ", plain).strip()[:_SNIPPET_CHARS]
+    if html is not None:
+        return _WS_RE.sub(" ", _TAG_RE.sub(" ", html)).strip()[:_SNIPPET_CHARS]
+    return None
+
+
+def _mime_problems(head: Message, body: bytes) -> list[str]:
+    """The structural defects the feed parser would report, found without a full MIME walk."""
+    if head.get_content_maintype() != "multipart":
+        return []
+    boundary = head.get_param("boundary")
+    if not isinstance(boundary, str) or not boundary:
+        return ["NoBoundaryInMultipartDefect"]
+    delimiter = b"--" + boundary.encode("ascii", "replace")
+    if delimiter not in body:
+        return ["StartBoundaryNotFoundDefect"]
+    if delimiter + b"--" not in body:
+        return ["CloseBoundaryNotFoundDefect"]
+    return []
 
 
 def parse_message(raw: bytes) -> ParsedMessage:
@@ -136,7 +224,7 @@ def parse_message(raw: bytes) -> ParsedMessage:
         if end < 0:
             problems.append("no header/body separator")
         header_bytes = raw if end < 0 else raw[: end + 2]
-        msg = email.message_from_bytes(header_bytes, policy=email.policy.compat32)
+        msg = _HEADERS.parsebytes(header_bytes, headersonly=True)
         problems.extend(type(d).__name__ for d in msg.defects)
         parsed.message_id = (_msgids(msg.get("Message-ID")) or [None])[0]
         parsed.in_reply_to = (_msgids(msg.get("In-Reply-To")) or [None])[-1]
@@ -157,10 +245,17 @@ def parse_message(raw: bytes) -> ParsedMessage:
         if msg.get("Date") is None:
             problems.append("no Date")
         if end >= 0:
-            parsed.snippet = clean_text(_snippet(raw))
+            body_start = end + (4 if raw.startswith(b"\r\n\r\n", end) else 2)
+            parsed.snippet = clean_text(_snippet(msg, raw[body_start:]))
+            problems.extend(_mime_problems(msg, raw[body_start:]))
         if b"\x00" in raw:
             problems.append("NUL bytes")
     except Exception as exc:  # the raw bytes are stored regardless; the flag says why fields are missing
         problems.append(f"{type(exc).__name__}: {exc}")
     parsed.parse_error = clean_text("; ".join(dict.fromkeys(problems))) if problems else None
     return parsed
+
+
+def parse_many(raws: Sequence[bytes]) -> list[ParsedMessage]:
+    """A chunk at a time: the unit handed to a parser process."""
+    return [parse_message(raw) for raw in raws]

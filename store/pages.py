@@ -34,7 +34,7 @@ def account_lock_key(account_id: str) -> int:
 
 def _stage_row(m: FetchedMessage, p: ParsedMessage) -> tuple:
     return (
-        p.sha256, m.raw, p.size, m.uid, m.flags, m.internaldate, p.message_id, p.in_reply_to,
+        p.sha256, p.size, m.uid, m.flags, m.internaldate, p.message_id, p.in_reply_to,
         p.references, p.subject, p.from_addr, p.from_name, p.to_addrs, p.cc_addrs, p.bcc_addrs,
         p.sent_at, p.snippet, p.parse_error,
     )
@@ -58,13 +58,7 @@ async def persist_page(
             "page_stage", records=[_stage_row(m, p) for m, p in zip(fetched, parsed)],
             columns=STAGE_COLUMNS,
         )
-        # Sorted inserts: two folders of one account writing the same message cannot deadlock.
-        await conn.execute(
-            """INSERT INTO message_bodies (account_id, sha256, raw)
-               SELECT DISTINCT ON (sha256) $1, sha256, raw FROM page_stage ORDER BY sha256
-               ON CONFLICT DO NOTHING""",
-            account_id,
-        )
+        await _write_bodies(conn, account_id, fetched, parsed)
         new_rows = await conn.fetch(
             """INSERT INTO messages (account_id, sha256, size, message_id, in_reply_to, refs, subject,
                    from_addr, from_name, to_addrs, cc_addrs, bcc_addrs, sent_at, internaldate, snippet,
@@ -74,7 +68,7 @@ async def persist_page(
                    parse_error
                FROM page_stage ORDER BY sha256
                ON CONFLICT (account_id, sha256) DO NOTHING
-               RETURNING id, sha256""",
+               RETURNING id""",
             account_id,
         )
         await conn.execute(
@@ -88,17 +82,62 @@ async def persist_page(
                    WHERE message_locations.flags IS DISTINCT FROM EXCLUDED.flags""",
             account_id, folder_id, uidvalidity,
         )
-        new_messages = {r["id"]: by_sha[bytes(r["sha256"])] for r in new_rows}
-        if new_messages:
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", account_lock_key(account_id))
-            await _assign_threads(conn, account_id, new_messages)
-            await _upsert_contacts(conn, account_id, list(new_messages.values()))
+    # Threads and contacts merge across the whole account, so they are serialized per account; a
+    # second, short transaction keeps that lock from covering the bulk write above. Messages left
+    # unthreaded by a crash between the two are picked up by the next write of the same page.
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", account_lock_key(account_id))
+        unthreaded = await conn.fetch(
+            """SELECT id, sha256 FROM messages
+               WHERE account_id = $1 AND sha256 = ANY($2::bytea[]) AND thread_id IS NULL""",
+            account_id, list(by_sha),
+        )
+        to_thread = {r["id"]: by_sha[bytes(r["sha256"])] for r in unthreaded}
+        if to_thread:
+            await _assign_threads(conn, account_id, to_thread)
+            await _upsert_contacts(conn, account_id, list(to_thread.values()))
     return PageWriteResult(
         messages=len(fetched),
-        new_messages=len(new_messages),
+        new_messages=len(new_rows),
         bytes=sum(len(m.raw) for m in fetched),
         parse_errors=sum(1 for p in parsed if p.parse_error),
     )
+
+
+async def _write_bodies(
+    conn: asyncpg.Connection, account_id: str, fetched: Sequence[FetchedMessage], parsed: Sequence[ParsedMessage]
+) -> None:
+    """Raw bytes go straight into message_bodies, once per sha256, never through the staging table.
+
+    The bytes are the bulk of a page; copying them twice (staging, then INSERT … SELECT) was the
+    slowest step of the write path. Bodies already stored are skipped before the COPY; when a
+    concurrent writer (another folder holding the same message) wins the race, the COPY fails as a
+    whole on the unique key and the idempotent INSERT … ON CONFLICT path takes over.
+    """
+    raws = {p.sha256: m.raw for m, p in zip(fetched, parsed)}
+    present = {
+        bytes(r["sha256"])
+        for r in await conn.fetch(
+            "SELECT sha256 FROM message_bodies WHERE account_id = $1 AND sha256 = ANY($2::bytea[])",
+            account_id, list(raws),
+        )
+    }
+    missing = sorted(sha for sha in raws if sha not in present)
+    if not missing:
+        return
+    try:
+        async with conn.transaction():  # a savepoint: a lost race undoes only this COPY
+            await conn.copy_records_to_table(
+                "message_bodies", records=[(account_id, sha, raws[sha]) for sha in missing],
+                columns=("account_id", "sha256", "raw"),
+            )
+    except asyncpg.UniqueViolationError:
+        await conn.execute(
+            """INSERT INTO message_bodies (account_id, sha256, raw)
+               SELECT $1, sha, raw FROM unnest($2::bytea[], $3::bytea[]) AS t(sha, raw) ORDER BY sha
+               ON CONFLICT DO NOTHING""",
+            account_id, missing, [raws[sha] for sha in missing],
+        )
 
 
 async def _assign_threads(

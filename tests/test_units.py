@@ -126,3 +126,32 @@ def test_credential_box_binds_account_and_detects_wrong_key() -> None:
         CredentialBox(b"b" * 32).open(blob, "acc_1")
     with pytest.raises(SecretKeyError):
         parse_key("c2hvcnQ=")
+
+
+def test_snippet_walks_nested_parts_whose_boundary_extends_the_outer_one() -> None:
+    raw = (
+        b"From: a@b\r\nContent-Type: multipart/mixed; boundary=\"=_b\"\r\n\r\npreamble\r\n"
+        b"--=_b\r\nContent-Type: multipart/alternative; boundary=\"=_b_alt\"\r\n\r\n"
+        b"--=_b_alt\r\nContent-Type: text/html; charset=utf-8\r\n\r\n<p>html</p>\r\n"
+        b"--=_b_alt\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"
+        b"ni=C3=B1o\r\n  caf=\r\n=C3=A9\r\n"
+        b"--=_b_alt--\r\n"
+        b"--=_b\r\nContent-Type: application/pdf\r\nContent-Transfer-Encoding: base64\r\n\r\nJVBERi0=\r\n"
+        b"--=_b--\r\n"
+    )
+    p = parse_message(raw)
+    assert p.snippet == "niño café"
+    assert p.parse_error is None or "Boundary" not in p.parse_error
+
+
+def test_snippet_decodes_base64_text_and_falls_back_to_html() -> None:
+    b64 = parse_message(
+        b"From: a@b\r\nContent-Type: text/plain; charset=iso-8859-1\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+        b"Q2Fm6SBvbGUh\r\n"
+    )
+    assert b64.snippet == "Café ole!"
+    html = parse_message(
+        b"From: a@b\nContent-Type: multipart/alternative; boundary=x\n\n--x\nContent-Type: text/html\n\n"
+        b"<b>Only</b> html\n--x--\n"
+    )
+    assert html.snippet == "Only html"

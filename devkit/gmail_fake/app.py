@@ -142,8 +142,10 @@ def create_app(ctx: FakeContext) -> FastAPI:
 
     @app.middleware("http")
     async def _count_requests(request: Request, call_next: Any) -> Response:
-        if _INNER_MARK not in request.headers:
-            quota.count_http_request(batch=request.url.path.startswith("/batch"))
+        path = request.url.path
+        # Count what a client spends round trips on: API calls and batches (not token refreshes).
+        if _INNER_MARK not in request.headers and path.startswith(("/gmail/", "/batch")):
+            quota.count_http_request(batch=path.startswith("/batch"))
         return await call_next(request)
 
     def begin(request: Request, user_id: str, method: str) -> Mailbox:
@@ -396,7 +398,7 @@ def create_app(ctx: FakeContext) -> FastAPI:
         body = TokenResponse(
             access_token=access.token,
             expires_in=max(0, int(access.expires_at - time.time())),
-            scope=SCOPE,
+            scope=form.get("scope") or SCOPE,  # grant what was asked: google-auth warns on a mismatch
         )
         return JSONResponse(body.model_dump(), headers={"Cache-Control": "no-cache, no-store, max-age=0"})
 

@@ -59,14 +59,17 @@ def new_batch_request(target: GmailFake | str, callback: Any = None) -> BatchHtt
 
 
 def user_credentials(
-    fake: GmailFake, address: str, *, client_id: str = "mailsync-test-client", client_secret: str = "test-secret"
+    fake: GmailFake, address: str, *, client_id: str | None = None, client_secret: str | None = None
 ) -> google.oauth2.credentials.Credentials:
-    """Credentials as the app would hold them: no access token yet, a refresh token, the fake's token URI."""
+    """Credentials as the app would hold them: no access token yet, a refresh token, the fake's token URI.
+
+    The client id/secret default to the ones the fake was told to require, if any.
+    """
     return google.oauth2.credentials.Credentials(
         token=None,
         refresh_token=fake.refresh_token(address),
-        client_id=client_id,
-        client_secret=client_secret,
+        client_id=client_id or fake.tokens.client_id or "mailsync-test-client",
+        client_secret=client_secret or fake.tokens.client_secret or "test-secret",
         token_uri=fake.token_uri,
         scopes=list(SCOPES),
     )

@@ -120,16 +120,9 @@ def label_view(mailbox: Mailbox, label: Label, *, with_counts: bool) -> LabelMod
     return view
 
 
-_KIND_TO_TYPE: dict[str, str] = {
-    "messageAdded": "messageAdded",
-    "messageDeleted": "messageDeleted",
-    "labelAdded": "labelAdded",
-    "labelRemoved": "labelRemoved",
-}
-
-
 def _change_matches(change: Change, history_types: set[str] | None, label_id: str | None) -> bool:
-    if history_types is not None and _KIND_TO_TYPE[change.kind] not in history_types:
+    # Change kinds are named like the historyTypes enum values.
+    if history_types is not None and change.kind not in history_types:
         return False
     if label_id is not None and label_id not in change.label_ids and label_id not in change.changed:
         return False

@@ -172,6 +172,87 @@ def account_list(as_json: bool = typer.Option(False, "--json", help="machine-rea
     run(body)
 
 
+@account_app.command("update")
+def account_update(
+    account: str = typer.Argument(..., help="account id or address"),
+    password_env: str | None = typer.Option(None, help="read the new password from this environment variable"),
+    password_stdin: bool = typer.Option(False, help="read the new password from the first line of stdin"),
+) -> None:
+    """Check and store a new password; a sync parked in auth_failed resumes at once."""
+
+    async def body() -> int:
+        from temporalio.service import RPCError
+
+        from providers.imap.client import ImapSession
+        from providers.imap.settings import ImapSettings
+        from runtime.temporal import connect
+        from store.accounts import get_account, update_credentials
+        from workflows.account_sync import AccountSyncWorkflow, account_workflow_id
+
+        settings = get_settings()
+        pool = await _pool(settings)
+        async with pool.acquire() as conn:
+            acc = await get_account(conn, account)
+        if acc.provider != "imap":
+            raise CliError(f"{acc.id} is a {acc.provider} account: only IMAP passwords can be updated here")
+        password = _read_password(password_env, password_stdin)
+        imap = ImapSettings.model_validate(acc.settings)
+        async with ImapSession(imap, password, auth_timeout=settings.imap_auth_timeout, timeout=settings.imap_timeout):
+            pass
+        async with pool.acquire() as conn:
+            await update_credentials(conn, acc.id, _box(settings).seal(password.encode(), acc.id))
+        await pool.close()
+        err.print(f"login ok; new password stored for {acc.id}", highlight=False)
+        client = await connect(settings)
+        try:
+            await client.get_workflow_handle(account_workflow_id(acc.id)).signal(AccountSyncWorkflow.credentials_updated)
+            err.print("the running sync was told to resume", highlight=False)
+        except RPCError:
+            pass  # no sync running: the next `sync start` uses the new password
+        return 0
+
+    run(body)
+
+
+@account_app.command("remove")
+def account_remove(
+    account: str = typer.Argument(..., help="account id or address"),
+    yes: bool = typer.Option(False, "--yes", "-y", help="do not ask for confirmation"),
+) -> None:
+    """Stop the account's sync and delete the account with everything mirrored for it."""
+
+    async def body() -> int:
+        from temporalio.service import RPCError
+
+        from runtime.temporal import connect
+        from store.accounts import delete_account, get_account
+        from workflows.account_sync import account_workflow_id
+
+        settings = get_settings()
+        pool = await _pool(settings)
+        async with pool.acquire() as conn:
+            acc = await get_account(conn, account)
+            count = await conn.fetchval("SELECT count(*) FROM messages WHERE account_id = $1", acc.id)
+        if not yes:
+            if not sys.stdin.isatty():
+                raise CliError("refusing to delete without confirmation: pass --yes")
+            if not typer.confirm(f"Delete {acc.id} ({acc.address}) and its {count} stored messages?"):
+                raise CliError("nothing deleted")
+        client = await connect(settings)
+        try:
+            await client.get_workflow_handle(account_workflow_id(acc.id)).terminate("account removed")
+            err.print(f"stopped {account_workflow_id(acc.id)}", highlight=False)
+        except RPCError:
+            pass  # not running
+        async with pool.acquire() as conn:
+            removed = await delete_account(conn, acc.id)
+        await pool.close()
+        err.print(f"deleted {acc.id} and {removed} messages", highlight=False)
+        return 0
+
+    run(body)
+
+
 # ---------------------------------------------------------------- sync
 
 
@@ -216,9 +297,12 @@ async def _follow(handle: Any) -> None:
                     bar.update(tasks[f.name], completed=f.done, total=f.total or None, info=info)
                 bar.update(overall, completed=p.done, total=p.total or None,
                            info=f"{p.phase.value}, {p.messages_per_second:.0f} msg/s")
-            if desc.status != WorkflowExecutionStatus.RUNNING:
+            if desc.status != WorkflowExecutionStatus.RUNNING or (p is not None and p.phase.value in _SETTLED):
                 return
             await asyncio.sleep(0.5)
+
+
+_SETTLED = ("idle", "syncing", "paused", "completed", "auth_failed", "failed")
 
 
 @sync_app.command("start")
@@ -226,11 +310,13 @@ def sync_start(
     account: str = typer.Argument(..., help="account id or address"),
     wait: bool = typer.Option(False, help="block until the initial sync completes; non-zero exit if it failed"),
     follow: bool = typer.Option(False, help="show live progress bars per folder"),
+    once: bool = typer.Option(False, help="one-shot mirror: the workflow ends after the initial sync "
+                              "(default: it stays and keeps the account current)"),
 ) -> None:
-    """Start (or attach to) the account's sync workflow."""
+    """Start the account's sync workflow, or attach to the one already running."""
 
     async def body() -> int:
-        from temporalio.client import WorkflowFailureError
+        from temporalio.client import WorkflowFailureError, WorkflowUpdateFailedError
         from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 
         from runtime.temporal import connect
@@ -243,7 +329,7 @@ def sync_start(
         client = await connect(settings)
         handle = await client.start_workflow(
             AccountSyncWorkflow.run,
-            AccountSyncInput(account_id=account_id, tuning=settings.tuning()),
+            AccountSyncInput(account_id=account_id, tuning=settings.tuning(), live=not once),
             id=account_workflow_id(account_id), task_queue=settings.task_queue,
             id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
@@ -254,11 +340,128 @@ def sync_start(
         if follow:
             await _follow(handle)
         try:
-            result = await handle.result()
-        except WorkflowFailureError as exc:
+            if once:
+                progress = (await handle.result()).progress
+            else:
+                progress = await handle.execute_update(AccountSyncWorkflow.wait_initial)
+        except (WorkflowFailureError, WorkflowUpdateFailedError) as exc:
             err.print(f"[red]sync failed:[/red] {failure_message(exc)}", highlight=False)
             return 1
-        err.print(_progress_line(result.progress), highlight=False)
+        err.print(_progress_line(progress), highlight=False)
+        return 0
+
+    run(body)
+
+
+def _control(name: str, doc: str) -> None:
+    """`mailsync sync pause|resume|resync ACCOUNT`: one signal to the running account workflow."""
+
+    def command(account: str = typer.Argument(..., help="account id or address")) -> None:
+        async def body() -> int:
+            settings = get_settings()
+            account_id = await _account_id(settings, account)
+            handle = await _running_handle(settings, account_id)
+            await handle.signal(name)
+            err.print(f"{name} sent to {handle.id}", highlight=False)
+            return 0
+
+        run(body)
+
+    command.__doc__ = doc
+    sync_app.command(name)(command)
+
+
+async def _running_handle(settings: Settings, account_id: str) -> Any:
+    from temporalio.client import WorkflowExecutionStatus
+    from temporalio.service import RPCError
+
+    from runtime.temporal import connect
+    from workflows.account_sync import account_workflow_id
+
+    client = await connect(settings)
+    handle = client.get_workflow_handle(account_workflow_id(account_id))
+    try:
+        desc = await handle.describe()
+    except RPCError as exc:
+        raise CliError(f"no sync for {account_id}: start one with `mailsync sync start {account_id}`") from exc
+    if desc.status != WorkflowExecutionStatus.RUNNING:
+        raise CliError(f"the sync of {account_id} is {desc.status.name.lower()}: start it with "
+                       f"`mailsync sync start {account_id}`")
+    return handle
+
+
+_control("pause", "Pause the account's sync (the IDLE watch stops too) until `sync resume`.")
+_control("resume", "Resume a paused sync; an incremental pass runs at once.")
+_control("resync", "Re-mirror every folder from the server; bodies already stored are not rewritten.")
+
+
+@sync_app.command("now")
+def sync_now(
+    account: str = typer.Argument(..., help="account id or address"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Run an incremental pass now and print what changed per folder."""
+
+    async def body() -> int:
+        from temporalio.client import WorkflowUpdateFailedError
+
+        from workflows.account_sync import AccountSyncWorkflow
+        from workflows.policies import failure_message
+
+        settings = get_settings()
+        account_id = await _account_id(settings, account)
+        handle = await _running_handle(settings, account_id)
+        try:
+            result = await handle.execute_update(AccountSyncWorkflow.sync_now)
+        except WorkflowUpdateFailedError as exc:
+            raise CliError(f"sync now refused: {failure_message(exc)}") from exc
+        if as_json:
+            out.print_json(result.model_dump_json())
+            return 0
+        table = Table("folder", "new", "updated", "expunged", "note")
+        for f in result.folders:
+            table.add_row(f.folder, str(f.new), str(f.updated), str(f.expunged),
+                          ("rebuilt " if f.rebuilt else "") + (f.error or ""))
+        for name in result.folders_added:
+            table.add_row(name, "", "", "", "folder added")
+        for name in result.folders_removed:
+            table.add_row(name, "", "", "", "folder removed")
+        out.print(table)
+        took = (result.finished_at - result.started_at).total_seconds() if result.finished_at else 0.0
+        err.print(f"pass {result.seq}: {result.new} new, {result.updated} updated, {result.expunged} expunged "
+                  f"in {took:.2f} s", highlight=False)
+        return 0
+
+    run(body)
+
+
+@sync_app.command("history")
+def sync_history(
+    account: str = typer.Argument(..., help="account id or address"),
+    limit: int = typer.Option(30, help="rows to show"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """The audit log of sync passes: per pass and per changed folder, counts and errors."""
+
+    async def body() -> int:
+        from store.changes import list_history
+
+        settings = get_settings()
+        account_id = await _account_id(settings, account)
+        pool = await _pool(settings)
+        async with pool.acquire() as conn:
+            rows = [dict(r) for r in await list_history(conn, account_id, limit)]
+        await pool.close()
+        if as_json:
+            out.print_json(json.dumps(rows, default=str))
+            return 0
+        table = Table("started", "took", "kind", "folder", "new", "updated", "expunged", "error")
+        for r in rows:
+            took = (r["finished_at"] - r["started_at"]).total_seconds()
+            table.add_row(r["started_at"].strftime("%Y-%m-%d %H:%M:%S"), f"{took:.2f}s", r["kind"],
+                          r["folder"] or "(pass)", str(r["new_messages"]), str(r["updated"]), str(r["expunged"]),
+                          r["error"] or "")
+        out.print(table)
         return 0
 
     run(body)

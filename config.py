@@ -42,8 +42,18 @@ class Settings(BaseSettings):
     heartbeat_timeout: float = Field(default=60.0, gt=0, validation_alias="MAILSYNC_HEARTBEAT_TIMEOUT")
     max_concurrent_activities: int = Field(default=8, ge=1, validation_alias="MAILSYNC_WORKER_ACTIVITIES")
     db_pool_size: int = Field(default=8, ge=1, validation_alias="MAILSYNC_DB_POOL_SIZE")
+    max_watchers: int = Field(
+        default=1000, ge=1, validation_alias="MAILSYNC_WORKER_WATCHERS",
+        description="IDLE connections (one per live account) this worker holds at most",
+    )
 
     pages_per_run: int = Field(default=100, ge=1, validation_alias="MAILSYNC_PAGES_PER_RUN")
+    poll_interval: float = Field(
+        default=300.0, gt=0, validation_alias="MAILSYNC_POLL_INTERVAL",
+        description="seconds between incremental passes when no change is pushed",
+    )
+    passes_per_run: int = Field(default=200, ge=1, validation_alias="MAILSYNC_PASSES_PER_RUN")
+    idle_watch: bool = Field(default=True, validation_alias="MAILSYNC_IDLE", description="hold IMAP IDLE on the INBOX")
 
     def tuning(self):  # type: ignore[no-untyped-def]
         """The subset of settings that travels in workflow inputs."""
@@ -52,7 +62,8 @@ class Settings(BaseSettings):
         return SyncTuning(
             page_size=self.page_size, chunk_size=self.fetch_chunk, connection_limit=self.connection_limit,
             pages_per_run=self.pages_per_run, page_timeout_seconds=self.activity_timeout,
-            heartbeat_seconds=self.heartbeat_timeout,
+            heartbeat_seconds=self.heartbeat_timeout, poll_seconds=self.poll_interval,
+            passes_per_run=self.passes_per_run, watch=self.idle_watch,
         )
 
 

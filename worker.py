@@ -15,6 +15,7 @@ from temporalio.worker import Worker
 
 from activities.accounts import AccountActivities
 from activities.deps import Deps
+from activities.imap_incremental import ImapIncrementalActivities
 from activities.imap_sync import ImapActivities
 from config import Settings, get_settings
 from runtime.temporal import connect
@@ -27,17 +28,31 @@ from workflows.folder_sync import FolderSyncWorkflow
 log = logging.getLogger("mailsync.worker")
 
 
-def build_worker(client, deps: Deps) -> Worker:  # type: ignore[no-untyped-def]
-    imap, accounts = ImapActivities(deps), AccountActivities(deps)
-    return Worker(
+def watch_queue(task_queue: str) -> str:
+    """IDLE watchers hold an activity slot for minutes each: they get their own queue and slots."""
+    return f"{task_queue}.watch"
+
+
+def build_workers(client, deps: Deps) -> list[Worker]:  # type: ignore[no-untyped-def]
+    """The sync worker (workflows, page activities) and the watcher worker (one IDLE per live account)."""
+    imap, live, accounts = ImapActivities(deps), ImapIncrementalActivities(deps), AccountActivities(deps)
+    sync = Worker(
         client,
         task_queue=deps.settings.task_queue,
         workflows=[AccountSyncWorkflow, FolderSyncWorkflow],
         activities=[
             imap.discover_folders, imap.plan_folder_pages, imap.sync_page, accounts.set_account_status,
+            live.probe_account, live.sync_folder_changes, live.record_pass,
         ],
         max_concurrent_activities=deps.settings.max_concurrent_activities,
     )
+    watch = Worker(
+        client,
+        task_queue=watch_queue(deps.settings.task_queue),
+        activities=[live.watch_mailbox],
+        max_concurrent_activities=deps.settings.max_watchers,
+    )
+    return [sync, watch]
 
 
 async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> None:
@@ -49,13 +64,13 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
             log.info("applied migrations: %s", ", ".join(f"{m.version:03d}_{m.name}" for m in applied))
         deps = Deps(pool, CredentialBox(load_or_create_key(settings.secret_key, settings.state_dir)), settings)
         client = await connect(settings)
-        worker = build_worker(client, deps)
+        workers = build_workers(client, deps)
         stop = stop or asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         log.info("worker polling task queue %r", settings.task_queue)
-        async with worker:
+        async with workers[0], workers[1]:
             await stop.wait()
             log.info("shutting down: finishing in-flight activities")
     finally:

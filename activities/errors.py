@@ -37,7 +37,7 @@ async def classified_errors() -> AsyncIterator[None]:
         ) from exc
     except (AccountNotFound, SecretKeyError) as exc:
         raise ApplicationError(str(exc), type=type(exc).__name__, non_retryable=True) from exc
-    except (OSError, asyncpg.PostgresConnectionStatusError, asyncpg.InterfaceError,
+    except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
             asyncpg.CannotConnectNowError) as exc:
         raise ApplicationError(
             f"database unavailable: {exc}", type="DatabaseUnavailable",

@@ -77,3 +77,17 @@ async def set_status(conn: asyncpg.Connection, account_id: str, status: str, rea
         "UPDATE accounts SET status = $2, status_reason = $3, updated_at = now() WHERE id = $1",
         account_id, status, reason,
     )
+
+
+async def update_credentials(conn: asyncpg.Connection, account_id: str, credentials: bytes) -> None:
+    await conn.execute(
+        "UPDATE accounts SET credentials = $2, updated_at = now() WHERE id = $1", account_id, credentials
+    )
+
+
+async def delete_account(conn: asyncpg.Connection, account_id: str) -> int:
+    """The account and everything mirrored for it (the foreign keys cascade); returns messages removed."""
+    async with conn.transaction():
+        n = await conn.fetchval("SELECT count(*) FROM messages WHERE account_id = $1", account_id)
+        await conn.execute("DELETE FROM accounts WHERE id = $1", account_id)
+    return int(n)

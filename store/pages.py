@@ -71,6 +71,12 @@ async def persist_page(
                RETURNING id""",
             account_id,
         )
+        # a message seen again (moved back, folder recreated) is no longer deleted
+        await conn.execute(
+            """UPDATE messages SET deleted_at = NULL
+               WHERE account_id = $1 AND deleted_at IS NOT NULL AND sha256 IN (SELECT sha256 FROM page_stage)""",
+            account_id,
+        )
         await conn.execute(
             """INSERT INTO message_locations
                    (account_id, folder_id, uidvalidity, uid, message_pk, flags, internaldate)

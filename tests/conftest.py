@@ -40,7 +40,7 @@ from store.accounts import create_account
 from store.crypto import CredentialBox
 from store.db import create_pool
 from store.migrate import migrate
-from worker import build_worker
+from worker import build_workers
 from workflows.account_sync import AccountSyncWorkflow, account_workflow_id
 from workflows.models import AccountSyncInput, AccountSyncResult, SyncTuning
 
@@ -136,11 +136,11 @@ def client(temporal_env: WorkflowEnvironment) -> Client:
 
 @pytest.fixture(scope="session")
 async def worker(client: Client, pool: asyncpg.Pool, box: CredentialBox, settings: Settings) -> AsyncIterator[Worker]:
-    w = build_worker(client, Deps(pool, box, settings))
-    task = asyncio.create_task(w.run())
-    yield w
-    await w.shutdown()
-    await task
+    workers = build_workers(client, Deps(pool, box, settings))
+    tasks = [asyncio.create_task(w.run()) for w in workers]
+    yield workers[0]
+    await asyncio.gather(*(w.shutdown() for w in workers))
+    await asyncio.gather(*tasks)
 
 
 @pytest.fixture(scope="session")
@@ -198,7 +198,7 @@ async def run_sync(
 ) -> AccountSyncResult:
     return await asyncio.wait_for(
         client.execute_workflow(
-            AccountSyncWorkflow.run, AccountSyncInput(account_id=account_id, tuning=tuning),
+            AccountSyncWorkflow.run, AccountSyncInput(account_id=account_id, tuning=tuning, live=False),
             id=account_workflow_id(account_id), task_queue=task_queue,
         ),
         timeout,

@@ -1,34 +1,45 @@
 """AccountSyncWorkflow: one per account (id `account-sync/<account id>`), the single writer for it.
 
-Discovers folders, fans out one FolderSyncWorkflow per folder with at most `connection_limit` in
-flight, aggregates their progress for the `progress` query, and turns auth failures into the
-account's `auth_failed` status.
+A long-lived entity. First the initial sync: discover folders, fan out one FolderSyncWorkflow per
+folder with at most `connection_limit` in flight. Then it loops: wait for a `mailbox_changed`
+signal (IDLE watcher, gateway), a `sync_now` update or the poll interval, run an incremental pass,
+and continue-as-new with its cursors after a bounded number of passes. Its state is the only
+checkpoint. Auth failures park the account in `auth_failed` until `credentials_updated`.
 """
 
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
 
 with workflow.unsafe.imports_passed_through():
     from activities.accounts import AccountActivities
+    from activities.imap_incremental import ImapIncrementalActivities
     from activities.imap_sync import ImapActivities
     from workflows.folder_sync import PROGRESS_SIGNAL, FolderSyncWorkflow
     from workflows.models import (
-        AccountPhase, AccountProgress, AccountSyncInput, AccountSyncResult, DiscoverInput, DiscoverResult,
-        FolderPhase, FolderProgress, FolderRef, FolderSyncInput, FolderSyncResult, SetStatusInput,
+        AccountPhase, AccountProgress, AccountState, AccountSyncInput, AccountSyncResult, CredentialsExpired,
+        DiscoverInput, DiscoverResult, FolderChanges, FolderChangesInput, FolderChangesResult, FolderCursor,
+        FolderPhase, FolderProgress, FolderRef, FolderSyncInput, FolderSyncResult, HistoryInput,
+        MailboxChanged, PassResult, ProbeInput, ProbeResult, SetStatusInput, WatchInput, WatchResult,
     )
     from workflows.policies import (
         ACTIVITY_RETRY, PAUSE_AFTER_EXHAUSTED, SHORT_TIMEOUT, failure_message, failure_type,
     )
 
 _AUTH_TYPES = ("AuthError", "AccountNotFound", "SecretKeyError")
+_KEEP_RESULTS = 20
 
 
 def account_workflow_id(account_id: str) -> str:
     return f"account-sync/{account_id}"
+
+
+class _AuthFailed(Exception):
+    pass
 
 
 @workflow.defn
@@ -37,11 +48,19 @@ class AccountSyncWorkflow:
         self._progress: AccountProgress | None = None
         self._folders: dict[str, FolderProgress] = {}
         self._auth_error: str | None = None
+        self._st = AccountState()
+        self._results: dict[int, PassResult] = {}
+        self._pass_running = False
+        self._credentials_updated = False
+        self._watch: asyncio.Task[WatchResult] | None = None
+        self._account_id = ""
+
+    # ---- queries, signals, updates -------------------------------------------------------------
 
     @workflow.query
     def progress(self) -> AccountProgress:
         if self._progress is None:
-            return AccountProgress(account_id="", phase=AccountPhase.starting)
+            return AccountProgress(account_id=self._account_id, phase=AccountPhase.starting)
         p = self._progress.model_copy()
         p.folders = list(self._folders.values())
         p.total = sum(f.total for f in p.folders)
@@ -50,43 +69,338 @@ class AccountSyncWorkflow:
         p.bytes = sum(f.bytes for f in p.folders)
         stamps = [f.updated_at for f in p.folders if f.updated_at]
         p.updated_at = max(stamps) if stamps else p.started_at
-        if p.started_at and p.updated_at and p.done:
+        if p.started_at and p.updated_at and p.done and not self._st.initial_done:
             elapsed = (p.updated_at - p.started_at).total_seconds()
             if elapsed > 0:
                 p.messages_per_second = round(p.done / elapsed, 1)
                 p.eta_seconds = round(max(0, p.total - p.done) / p.messages_per_second, 1)
         errors = [f"{f.name}: {f.error}" for f in p.folders if f.error]
         p.last_error = self._auth_error or (errors[-1] if errors else p.last_error)
+        st = self._st
+        p.passes, p.last_pass, p.runs = st.passes, st.last_pass, st.runs
+        p.total_new, p.total_updated, p.total_expunged = st.total_new, st.total_updated, st.total_expunged
+        if st.last_pass and st.last_pass.finished_at:
+            p.lag_seconds = round(max(0.0, (workflow.now() - st.last_pass.finished_at).total_seconds()), 1)
         return p
 
     @workflow.signal(name=PROGRESS_SIGNAL)
     def folder_progress(self, update: FolderProgress) -> None:
         self._folders[update.name] = update
 
+    @workflow.signal
+    def mailbox_changed(self, change: MailboxChanged) -> None:
+        self._st.changed = True
+
+    @workflow.signal
+    def pause(self) -> None:
+        self._st.paused = True
+
+    @workflow.signal
+    def resume(self) -> None:
+        self._st.paused = False
+
+    @workflow.signal
+    def resync(self) -> None:
+        self._st.resync = True
+
+    @workflow.signal
+    def credentials_updated(self) -> None:
+        self._credentials_updated = True
+        self._st.changed = True
+
+    @workflow.signal
+    def credentials_expired(self, expired: CredentialsExpired) -> None:
+        self._auth_error = expired.reason
+
+    @workflow.update
+    async def sync_now(self) -> PassResult:
+        """Run an incremental pass now (or join the one about to start) and return what it changed."""
+        target = self._st.passes + (2 if self._pass_running else 1)
+        self._st.changed = True
+        await workflow.wait_condition(lambda: self._st.passes >= target or self._auth_error is not None)
+        if target not in self._results:
+            raise ApplicationError(self._auth_error or "the pass did not run", type="SyncNotRun")
+        return self._results[target]
+
+    @sync_now.validator
+    def _validate_sync_now(self) -> None:
+        if self._st.paused:
+            raise ValueError("the account is paused: resume it first")
+        if self._auth_error is not None:
+            raise ValueError(f"authentication failed, waiting for new credentials: {self._auth_error}")
+        if not self._st.initial_done:
+            raise ValueError("the initial sync is still running")
+
+    @workflow.update
+    async def wait_initial(self) -> AccountProgress:
+        """Returns once the initial sync is complete (or the account's credentials were refused)."""
+        await workflow.wait_condition(lambda: self._st.initial_done or self._auth_error is not None)
+        if self._auth_error is not None and not self._st.initial_done:
+            raise ApplicationError(f"authentication failed: {self._auth_error}", type="AuthFailed")
+        return self.progress()
+
+    # ---- the run --------------------------------------------------------------------------------
+
     @workflow.run
     async def run(self, inp: AccountSyncInput) -> AccountSyncResult:
+        self._account_id = inp.account_id
+        self._st = st = inp.state or AccountState(started_at=workflow.now())
         self._progress = AccountProgress(
-            account_id=inp.account_id, phase=AccountPhase.discovering, started_at=workflow.now()
+            account_id=inp.account_id, phase=AccountPhase.discovering, started_at=st.started_at or workflow.now()
         )
+        for c in st.cursors.values():  # a continued run shows its folders straight away
+            self._folders[c.folder.name] = FolderProgress(
+                name=c.folder.name, role=c.folder.role, phase=FolderPhase.done, total=c.messages or 0,
+                done=c.messages or 0,
+            )
+        while not st.initial_done:
+            try:
+                await self._initial(inp)
+            except _AuthFailed:
+                if not inp.live:
+                    return await self._fail_auth(inp)
+                await self._wait_for_credentials(inp)
+        if not inp.live:
+            self._progress.phase = AccountPhase.completed
+            return AccountSyncResult(account_id=inp.account_id, phase=self._progress.phase, progress=self.progress())
+        await self._live(inp)
+        raise AssertionError("unreachable: the live loop continues-as-new")
+
+    async def _initial(self, inp: AccountSyncInput) -> None:
+        assert self._progress is not None
+        st = self._st
+        self._progress.phase = AccountPhase.discovering
         discovered = await self._discover(inp)
-        if discovered is None:
-            return await self._fail_auth(inp)
         self._progress.address = discovered.address
         for f in discovered.folders:
             self._folders.setdefault(f.name, FolderProgress(name=f.name, role=f.role))
+            st.cursors.setdefault(f.folder_id, FolderCursor(folder=f))
         self._progress.phase = AccountPhase.initial
-
-        slots = asyncio.Semaphore(max(1, inp.tuning.connection_limit))
-        results = await asyncio.gather(*(self._sync_folder(inp, f, slots) for f in discovered.folders))
+        todo = [c.folder for c in st.cursors.values() if not c.mirrored]
+        await self._mirror_folders(inp, todo)
         if self._auth_error:
-            return await self._fail_auth(inp)
-
-        failed = [r for r in results if r is not None and r.progress.phase == FolderPhase.failed]
-        self._progress.phase = AccountPhase.completed
+            raise _AuthFailed()
+        failed = [f for f in self._folders.values() if f.phase == FolderPhase.failed]
+        st.initial_done = True
         await self._set_status(inp.account_id, "active", f"{len(failed)} folder(s) failed" if failed else None)
-        return AccountSyncResult(account_id=inp.account_id, phase=self._progress.phase, progress=self.progress())
 
-    async def _discover(self, inp: AccountSyncInput) -> DiscoverResult | None:
+    async def _mirror_folders(self, inp: AccountSyncInput, folders: list[FolderRef]) -> list[FolderSyncResult]:
+        """Full mirror of these folders (initial, new folder, UIDVALIDITY change), bounded fan-out."""
+        slots = asyncio.Semaphore(max(1, inp.tuning.connection_limit))
+        results = await asyncio.gather(*(self._sync_folder(inp, f, slots) for f in folders))
+        done = [r for r in results if r is not None]
+        for r in done:
+            cursor = self._st.cursors.get(r.folder.folder_id)
+            if cursor is not None and r.progress.phase == FolderPhase.done:
+                cursor.uidvalidity, cursor.uidnext, cursor.highestmodseq = r.uidvalidity, r.uidnext, r.highestmodseq
+                cursor.messages = r.progress.total
+                cursor.mirrored = True
+        return done
+
+    async def _live(self, inp: AccountSyncInput) -> None:
+        assert self._progress is not None
+        st = self._st
+        passes_this_run = 0
+        while True:
+            due = passes_this_run >= inp.tuning.passes_per_run or workflow.info().is_continue_as_new_suggested()
+            # a sync_now still waiting for its pass gets it first; the next turn continues-as-new
+            if due and workflow.all_handlers_finished():
+                await self._stop_watch()
+                st.runs += 1
+                workflow.continue_as_new(inp.model_copy(update={"state": st}))
+            if self._auth_error is not None:
+                await self._wait_for_credentials(inp)
+                continue
+            if st.paused:
+                self._progress.phase = AccountPhase.paused
+                await self._stop_watch()
+                await workflow.wait_condition(lambda: not st.paused)
+                st.changed = True
+                continue
+            if st.resync:
+                st.resync = False
+                await self._resync(inp)
+                continue
+            self._progress.phase = AccountPhase.syncing
+            try:
+                await self._incremental_pass(inp)
+            except _AuthFailed:
+                continue
+            passes_this_run += 1
+            self._progress.phase = AccountPhase.idle
+            self._ensure_watch(inp)
+            try:
+                await workflow.wait_condition(
+                    lambda: st.changed or st.paused or st.resync or self._auth_error is not None
+                    or (self._watch is not None and self._watch.done()),
+                    timeout=timedelta(seconds=inp.tuning.poll_seconds),
+                )
+            except asyncio.TimeoutError:
+                pass
+            if self._watch is not None and self._watch.done():
+                self._reap_watch()
+
+    async def _incremental_pass(self, inp: AccountSyncInput) -> PassResult:
+        st = self._st
+        st.changed = False
+        self._pass_running = True
+        result = PassResult(seq=st.passes + 1, started_at=workflow.now())
+        try:
+            probe: ProbeResult = await self._activity(
+                ImapIncrementalActivities.probe_account,
+                ProbeInput(account_id=inp.account_id, cursors=list(st.cursors.values())), SHORT_TIMEOUT,
+            )
+            for gone in probe.removed:
+                st.cursors.pop(gone.folder_id, None)
+                self._folders.pop(gone.name, None)
+                result.folders_removed.append(gone.name)
+            fresh = [f for f in probe.folders if f.folder_id not in st.cursors]
+            for f in fresh:
+                st.cursors[f.folder_id] = FolderCursor(folder=f)
+                self._folders[f.name] = FolderProgress(name=f.name, role=f.role)
+                result.folders_added.append(f.name)
+            rebuild = [c.folder for c in st.cursors.values() if not c.mirrored]
+            for folder_id in probe.changed:
+                cursor = st.cursors.get(folder_id)
+                if cursor is None or not cursor.mirrored:
+                    continue
+                changes = await self._folder_changes(inp, cursor)
+                if changes is None:
+                    cursor.mirrored = False
+                    rebuild.append(cursor.folder)
+                else:
+                    result.folders.append(changes)
+            if rebuild:
+                for r in await self._mirror_folders(inp, rebuild):
+                    result.folders.append(FolderChanges(
+                        folder=r.folder.name, new=r.progress.done, rebuilt=True,
+                        error=r.progress.error if r.progress.phase == FolderPhase.failed else None,
+                    ))
+            if self._auth_error:
+                raise _AuthFailed()
+        finally:
+            self._pass_running = False
+        result.finished_at = workflow.now()
+        await self._activity(
+            ImapIncrementalActivities.record_pass, HistoryInput(account_id=inp.account_id, result=result), SHORT_TIMEOUT
+        )
+        st.passes = result.seq
+        st.last_pass = result
+        st.total_new += result.new
+        st.total_updated += result.updated
+        st.total_expunged += result.expunged
+        self._results[result.seq] = result
+        for old in [k for k in self._results if k <= result.seq - _KEEP_RESULTS]:
+            del self._results[old]
+        return result
+
+    async def _folder_changes(self, inp: AccountSyncInput, cursor: FolderCursor) -> FolderChanges | None:
+        """Apply one folder's changes; None when its UIDVALIDITY moved and it must be rebuilt."""
+        changes = FolderChanges(folder=cursor.folder.name)
+        check_flags = True
+        while True:
+            try:
+                r: FolderChangesResult = await self._activity(
+                    ImapIncrementalActivities.sync_folder_changes,
+                    FolderChangesInput(
+                        account_id=inp.account_id, cursor=cursor, max_new=inp.tuning.page_size,
+                        check_flags=check_flags, chunk_size=inp.tuning.chunk_size,
+                    ),
+                    timedelta(seconds=inp.tuning.page_timeout_seconds), retry_forever=False,
+                    heartbeat=timedelta(seconds=inp.tuning.heartbeat_seconds),
+                )
+            except ActivityError as err:
+                if failure_type(err) == "FolderGone":
+                    return changes  # the next probe sees it gone
+                changes.error = failure_message(err)
+                return changes
+            if r.uidvalidity_changed:
+                return None
+            cursor.uidnext, cursor.highestmodseq, cursor.messages = r.cursor.uidnext, r.cursor.highestmodseq, r.cursor.messages
+            changes.new += r.new
+            changes.updated += r.updated
+            changes.expunged += r.expunged
+            progress = self._folders.get(cursor.folder.name)
+            if progress is not None:
+                progress.total, progress.done = cursor.messages or 0, cursor.messages or 0
+                progress.updated_at = workflow.now()
+            if not r.more:
+                return changes
+            check_flags = False
+
+    async def _resync(self, inp: AccountSyncInput) -> None:
+        """Full re-mirror of every folder; bodies already stored are matched by sha256, not rewritten."""
+        assert self._progress is not None
+        started = workflow.now()
+        self._progress.phase = AccountPhase.initial
+        for c in self._st.cursors.values():
+            c.mirrored = False
+            self._folders[c.folder.name] = FolderProgress(name=c.folder.name, role=c.folder.role)
+        self._progress.started_at = started
+        result = PassResult(seq=self._st.passes + 1, kind="resync", started_at=started)
+        for r in await self._mirror_folders(inp, [c.folder for c in self._st.cursors.values()]):
+            result.folders.append(FolderChanges(folder=r.folder.name, new=r.progress.done, rebuilt=True))
+        result.finished_at = workflow.now()
+        await self._activity(
+            ImapIncrementalActivities.record_pass, HistoryInput(account_id=inp.account_id, result=result), SHORT_TIMEOUT
+        )
+        self._st.passes = result.seq
+        self._st.last_pass = result
+        self._results[result.seq] = result
+
+    # ---- the IDLE watcher -----------------------------------------------------------------------
+
+    def _ensure_watch(self, inp: AccountSyncInput) -> None:
+        if not inp.tuning.watch or self._watch is not None:
+            return
+        inbox = next((c.folder.name for c in self._st.cursors.values() if c.folder.role == "inbox"), None)
+        inbox = inbox or next((c.folder.name for c in self._st.cursors.values() if c.folder.name.upper() == "INBOX"), None)
+        if inbox is None:
+            return
+        self._watch = asyncio.ensure_future(workflow.execute_activity_method(
+            ImapIncrementalActivities.watch_mailbox,
+            WatchInput(account_id=inp.account_id, folder=inbox, idle_seconds=inp.tuning.idle_seconds),
+            task_queue=f"{workflow.info().task_queue}.watch",  # worker.watch_queue
+            start_to_close_timeout=timedelta(seconds=inp.tuning.idle_seconds + 120),
+            heartbeat_timeout=timedelta(seconds=30), retry_policy=ACTIVITY_RETRY,
+        ))
+
+    def _reap_watch(self) -> None:
+        task, self._watch = self._watch, None
+        assert task is not None
+        try:
+            if task.result().changed:
+                self._st.changed = True
+        except ActivityError as err:  # the poll interval still covers the account; retried next idle
+            if failure_type(err) in _AUTH_TYPES:
+                self._auth_error = failure_message(err)
+            elif self._progress is not None:
+                self._progress.last_error = f"watch: {failure_message(err)}"
+
+    async def _stop_watch(self) -> None:
+        task, self._watch = self._watch, None
+        if task is not None and not task.done():
+            task.cancel()
+            try:
+                await task
+            except (asyncio.CancelledError, ActivityError):
+                pass
+
+    # ---- failures and bookkeeping -----------------------------------------------------------------
+
+    async def _wait_for_credentials(self, inp: AccountSyncInput) -> None:
+        assert self._progress is not None
+        await self._stop_watch()
+        self._progress.phase = AccountPhase.auth_failed
+        reason = self._auth_error or "authentication failed"
+        await self._set_status(inp.account_id, "auth_failed", reason)
+        self._credentials_updated = False
+        await workflow.wait_condition(lambda: self._credentials_updated)
+        self._auth_error = None
+        self._progress.last_error = None
+        await self._set_status(inp.account_id, "active", None)
+
+    async def _discover(self, inp: AccountSyncInput) -> DiscoverResult:
         while True:
             try:
                 return await workflow.execute_activity_method(
@@ -97,7 +411,25 @@ class AccountSyncWorkflow:
                 assert self._progress is not None
                 if failure_type(err) in _AUTH_TYPES:
                     self._auth_error = failure_message(err)
-                    return None
+                    raise _AuthFailed() from err
+                self._progress.last_error = failure_message(err)
+                await workflow.sleep(PAUSE_AFTER_EXHAUSTED)
+
+    async def _activity(self, fn, arg, timeout: timedelta, *, retry_forever: bool = True,  # type: ignore[no-untyped-def]
+                        heartbeat: timedelta | None = None):
+        """Run an activity; auth failures park the account, other failures wait and retry."""
+        while True:
+            try:
+                return await workflow.execute_activity_method(
+                    fn, arg, start_to_close_timeout=timeout, heartbeat_timeout=heartbeat, retry_policy=ACTIVITY_RETRY,
+                )
+            except ActivityError as err:
+                if failure_type(err) in _AUTH_TYPES:
+                    self._auth_error = failure_message(err)
+                    raise _AuthFailed() from err
+                if not retry_forever:
+                    raise
+                assert self._progress is not None
                 self._progress.last_error = failure_message(err)
                 await workflow.sleep(PAUSE_AFTER_EXHAUSTED)
 

@@ -20,6 +20,10 @@ class SyncTuning(BaseModel):
     pages_per_run: int = 100         # a folder workflow continues-as-new after this many pages
     page_timeout_seconds: float = 600.0
     heartbeat_seconds: float = 60.0
+    poll_seconds: float = 300.0      # incremental pass at least this often, even without a push
+    passes_per_run: int = 200        # the account workflow continues-as-new after this many passes
+    watch: bool = True               # hold IDLE (or NOOP-poll) on the INBOX between passes
+    idle_seconds: float = 25 * 60    # re-issue IDLE this often (RFC 2177: at most 29 min)
 
 
 class FolderRef(BaseModel):
@@ -140,14 +144,92 @@ class AccountPhase(str, Enum):
     starting = "starting"
     discovering = "discovering"
     initial = "initial"
-    completed = "completed"
+    completed = "completed"          # a one-shot (`live=False`) sync finished
+    idle = "idle"                    # mirror current, waiting for a change or the poll interval
+    syncing = "syncing"              # an incremental pass is running
+    paused = "paused"
     failed = "failed"
     auth_failed = "auth_failed"
+
+
+class FolderCursor(BaseModel):
+    """Where a folder's mirror stands on the server: the incremental sync resumes from here."""
+
+    folder: FolderRef
+    uidvalidity: int | None = None
+    uidnext: int | None = None
+    highestmodseq: int | None = None
+    messages: int | None = None
+    mirrored: bool = False           # its initial (or rebuild) sync has completed
+
+
+class FolderChanges(BaseModel):
+    folder: str
+    new: int = 0
+    updated: int = 0
+    expunged: int = 0
+    rebuilt: bool = False            # UIDVALIDITY changed, or the folder is new: mirrored from scratch
+    error: str | None = None
+
+
+class PassResult(BaseModel):
+    """What one incremental pass changed: the answer of the `sync_now` update."""
+
+    seq: int
+    kind: str = "incremental"
+    started_at: datetime
+    finished_at: datetime | None = None
+    folders: list[FolderChanges] = Field(default_factory=list)
+    folders_added: list[str] = Field(default_factory=list)
+    folders_removed: list[str] = Field(default_factory=list)
+
+    @property
+    def new(self) -> int:
+        return sum(f.new for f in self.folders)
+
+    @property
+    def updated(self) -> int:
+        return sum(f.updated for f in self.folders)
+
+    @property
+    def expunged(self) -> int:
+        return sum(f.expunged for f in self.folders)
+
+
+class AccountState(BaseModel):
+    """The account workflow's checkpoint, carried across continue-as-new."""
+
+    cursors: dict[int, FolderCursor] = Field(default_factory=dict)
+    initial_done: bool = False
+    passes: int = 0                  # incremental passes since the account was added
+    runs: int = 1                    # workflow runs (continue-as-new chain length)
+    total_new: int = 0
+    total_updated: int = 0
+    total_expunged: int = 0
+    last_pass: PassResult | None = None
+    paused: bool = False
+    changed: bool = False            # a mailbox_changed arrived since the last pass started
+    resync: bool = False
+    started_at: datetime | None = None
+
+
+class MailboxChanged(BaseModel):
+    """Signal: something changed on the server (IDLE, a push notification, the gateway)."""
+
+    source: str = "unknown"
+    folder: str | None = None
+    history_id: int | None = None
+
+
+class CredentialsExpired(BaseModel):
+    reason: str = "credentials expired"
 
 
 class AccountSyncInput(BaseModel):
     account_id: str
     tuning: SyncTuning = Field(default_factory=SyncTuning)
+    live: bool = True                # False: one-shot mirror, the workflow ends after the initial sync
+    state: AccountState | None = None
 
 
 class AccountProgress(BaseModel):
@@ -164,13 +246,68 @@ class AccountProgress(BaseModel):
     started_at: datetime | None = None
     updated_at: datetime | None = None
     last_error: str | None = None
+    passes: int = 0
+    last_pass: PassResult | None = None
+    lag_seconds: float | None = None  # since the last completed pass
+    total_new: int = 0
+    total_updated: int = 0
+    total_expunged: int = 0
+    runs: int = 1
 
     @property
     def percent(self) -> float:
-        return 100.0 * self.done / self.total if self.total else (100.0 if self.phase == AccountPhase.completed else 0.0)
+        if self.total:
+            return 100.0 * self.done / self.total
+        return 100.0 if self.phase in (AccountPhase.completed, AccountPhase.idle, AccountPhase.syncing) else 0.0
 
 
 class AccountSyncResult(BaseModel):
     account_id: str
     phase: AccountPhase
     progress: AccountProgress
+
+
+class ProbeInput(BaseModel):
+    account_id: str
+    cursors: list[FolderCursor]
+
+
+class ProbeResult(BaseModel):
+    """One connection's look at the whole account: LIST, then STATUS of every known folder."""
+
+    folders: list[FolderRef]         # every selectable folder now on the server
+    changed: list[int]               # ids of known folders whose STATUS differs from their cursor
+    removed: list[FolderRef]         # known folders gone from the server (their locations are dropped)
+
+
+class FolderChangesInput(BaseModel):
+    account_id: str
+    cursor: FolderCursor
+    max_new: int = 500               # new messages fetched per call; the workflow calls again for more
+    check_flags: bool = True         # the first call of a pass also syncs flags and expunges
+    chunk_size: int = 100
+
+
+class FolderChangesResult(BaseModel):
+    cursor: FolderCursor
+    new: int = 0
+    updated: int = 0
+    expunged: int = 0
+    more: bool = False               # new messages remain above cursor.uidnext
+    uidvalidity_changed: bool = False
+
+
+class WatchInput(BaseModel):
+    account_id: str
+    folder: str = "INBOX"
+    idle_seconds: float = 25 * 60
+
+
+class WatchResult(BaseModel):
+    changed: bool
+    events: list[str] = Field(default_factory=list)
+
+
+class HistoryInput(BaseModel):
+    account_id: str
+    result: PassResult

@@ -1,0 +1,119 @@
+"""Incremental changes to a folder's mirror: flag updates, expunges, deleted folders, sync history.
+
+Every function is idempotent: applying the same change twice leaves the same rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+
+async def stored_flags(
+    conn: asyncpg.Connection, folder_id: int, uidvalidity: int, lo: int = 1, hi: int | None = None
+) -> dict[int, list[str]]:
+    """UID → flags of the stored locations of a folder under one UIDVALIDITY, in lo..hi."""
+    rows = await conn.fetch(
+        """SELECT uid, flags FROM message_locations
+           WHERE folder_id = $1 AND uidvalidity = $2 AND uid >= $3 AND ($4::bigint IS NULL OR uid <= $4)""",
+        folder_id, uidvalidity, lo, hi,
+    )
+    return {r["uid"]: list(r["flags"]) for r in rows}
+
+
+async def update_flags(
+    conn: asyncpg.Connection, folder_id: int, uidvalidity: int, changes: Sequence[tuple[int, list[str]]]
+) -> int:
+    """Set the flags of stored locations; returns how many actually changed."""
+    if not changes:
+        return 0
+    status = await conn.execute(
+        """UPDATE message_locations l SET flags = t.flags, updated_at = now()
+           FROM (SELECT uid, string_to_array(f, ' ') AS flags
+                 FROM unnest($3::bigint[], $4::text[]) AS u(uid, f)) t
+           WHERE l.folder_id = $1 AND l.uidvalidity = $2 AND l.uid = t.uid
+             AND l.flags IS DISTINCT FROM coalesce(t.flags, '{}')""",
+        folder_id, uidvalidity, [u for u, _ in changes], [" ".join(sorted(f)) for _, f in changes],
+    )
+    return int(status.split()[-1])
+
+
+async def _mark_orphans(conn: asyncpg.Connection, message_pks: Sequence[int]) -> None:
+    if message_pks:
+        await conn.execute(
+            """UPDATE messages m SET deleted_at = now()
+               WHERE m.id = ANY($1::bigint[]) AND m.deleted_at IS NULL
+                 AND NOT EXISTS (SELECT 1 FROM message_locations l WHERE l.message_pk = m.id)""",
+            list(message_pks),
+        )
+
+
+async def remove_locations(conn: asyncpg.Connection, folder_id: int, uidvalidity: int, uids: Sequence[int]) -> int:
+    """Expunged UIDs: their locations go; a message left with no location is marked deleted."""
+    if not uids:
+        return 0
+    async with conn.transaction():
+        gone = await conn.fetch(
+            """DELETE FROM message_locations WHERE folder_id = $1 AND uidvalidity = $2 AND uid = ANY($3::bigint[])
+               RETURNING message_pk""",
+            folder_id, uidvalidity, list(uids),
+        )
+        await _mark_orphans(conn, [r["message_pk"] for r in gone])
+    return len(gone)
+
+
+async def remove_stale_locations(conn: asyncpg.Connection, folder_id: int, uidvalidity: int) -> int:
+    """Locations under another UIDVALIDITY than the folder's current one (the folder was rebuilt)."""
+    async with conn.transaction():
+        gone = await conn.fetch(
+            "DELETE FROM message_locations WHERE folder_id = $1 AND uidvalidity <> $2 RETURNING message_pk",
+            folder_id, uidvalidity,
+        )
+        await _mark_orphans(conn, [r["message_pk"] for r in gone])
+    return len(gone)
+
+
+async def forget_folder(conn: asyncpg.Connection, folder_id: int) -> int:
+    """The folder was deleted (or renamed away) on the server: drop its locations, keep the row."""
+    async with conn.transaction():
+        gone = await conn.fetch(
+            "DELETE FROM message_locations WHERE folder_id = $1 RETURNING message_pk", folder_id
+        )
+        await _mark_orphans(conn, [r["message_pk"] for r in gone])
+        await conn.execute(
+            "UPDATE folders SET deleted_at = now(), updated_at = now() WHERE id = $1 AND deleted_at IS NULL",
+            folder_id,
+        )
+    return len(gone)
+
+
+@dataclass
+class HistoryRow:
+    folder: str | None
+    kind: str
+    started_at: datetime
+    finished_at: datetime
+    new_messages: int = 0
+    updated: int = 0
+    expunged: int = 0
+    error: str | None = None
+
+
+async def append_history(conn: asyncpg.Connection, account_id: str, rows: Sequence[HistoryRow]) -> None:
+    await conn.executemany(
+        """INSERT INTO sync_history (account_id, folder, kind, started_at, finished_at, new_messages,
+               updated, expunged, error) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)""",
+        [(account_id, r.folder, r.kind, r.started_at, r.finished_at, r.new_messages, r.updated, r.expunged,
+          r.error) for r in rows],
+    )
+
+
+async def list_history(conn: asyncpg.Connection, account_id: str, limit: int = 50) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        """SELECT folder, kind, started_at, finished_at, new_messages, updated, expunged, error
+           FROM sync_history WHERE account_id = $1 ORDER BY started_at DESC, id DESC LIMIT $2""",
+        account_id, limit,
+    )

@@ -44,16 +44,18 @@ class _AuthFailed(Exception):
 
 @workflow.defn
 class AccountSyncWorkflow:
-    def __init__(self) -> None:
+    @workflow.init
+    def __init__(self, inp: AccountSyncInput) -> None:
+        # state from the input before any signal or update of a continued run is handled
         self._progress: AccountProgress | None = None
         self._folders: dict[str, FolderProgress] = {}
         self._auth_error: str | None = None
-        self._st = AccountState()
+        self._st = inp.state or AccountState()
         self._results: dict[int, PassResult] = {}
         self._pass_running = False
         self._credentials_updated = False
         self._watch: asyncio.Task[WatchResult] | None = None
-        self._account_id = ""
+        self._account_id = inp.account_id
 
     # ---- queries, signals, updates -------------------------------------------------------------
 
@@ -144,7 +146,8 @@ class AccountSyncWorkflow:
     @workflow.run
     async def run(self, inp: AccountSyncInput) -> AccountSyncResult:
         self._account_id = inp.account_id
-        self._st = st = inp.state or AccountState(started_at=workflow.now())
+        st = self._st
+        st.started_at = st.started_at or workflow.now()
         self._progress = AccountProgress(
             account_id=inp.account_id, phase=AccountPhase.discovering, started_at=st.started_at or workflow.now()
         )
@@ -202,12 +205,14 @@ class AccountSyncWorkflow:
         st = self._st
         passes_this_run = 0
         while True:
-            due = passes_this_run >= inp.tuning.passes_per_run or workflow.info().is_continue_as_new_suggested()
-            # a sync_now still waiting for its pass gets it first; the next turn continues-as-new
-            if due and workflow.all_handlers_finished():
-                await self._stop_watch()
-                st.runs += 1
-                workflow.continue_as_new(inp.model_copy(update={"state": st}))
+            if passes_this_run >= inp.tuning.passes_per_run or workflow.info().is_continue_as_new_suggested():
+                # let answered sync_now calls return; one still waiting for a pass (it set `changed`)
+                # gets that pass in this run first
+                await workflow.wait_condition(lambda: workflow.all_handlers_finished() or st.changed)
+                if workflow.all_handlers_finished():
+                    await self._stop_watch()
+                    st.runs += 1
+                    workflow.continue_as_new(inp.model_copy(update={"state": st}))
             if self._auth_error is not None:
                 await self._wait_for_credentials(inp)
                 continue
@@ -217,17 +222,19 @@ class AccountSyncWorkflow:
                 await workflow.wait_condition(lambda: not st.paused)
                 st.changed = True
                 continue
-            if st.resync:
-                st.resync = False
-                await self._resync(inp)
-                continue
-            self._progress.phase = AccountPhase.syncing
             try:
-                await self._incremental_pass(inp)
+                if st.resync:
+                    st.resync = False
+                    await self._resync(inp)
+                else:
+                    self._progress.phase = AccountPhase.syncing
+                    await self._incremental_pass(inp)
             except _AuthFailed:
                 continue
             passes_this_run += 1
             self._progress.phase = AccountPhase.idle
+            if passes_this_run >= inp.tuning.passes_per_run:
+                continue
             self._ensure_watch(inp)
             try:
                 await workflow.wait_condition(

@@ -1,0 +1,328 @@
+"""Keeping a live account current: incremental passes, IDLE, control signals, continue-as-new.
+
+Real Dovecot (changed by a second client, stdlib imaplib), real Temporal dev server and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import imaplib
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.common import WorkflowIDConflictPolicy
+
+from devkit.chaos_proxy import ChaosProxy
+from devkit.corpus import SeedMessage, generate_corpus
+from devkit.dovecot import DovecotServer, start_dovecot
+from store.crypto import CredentialBox
+from workflows.account_sync import AccountSyncWorkflow, account_workflow_id
+from workflows.models import AccountPhase, AccountProgress, AccountSyncInput, PassResult, SyncTuning
+
+from conftest import TEST_TUNING, AccountFactory, TestAccount, run_cli, verify
+
+pytestmark = pytest.mark.usefixtures("worker")
+
+LIVE = TEST_TUNING.model_copy(update={"poll_seconds": 3600.0, "watch": False})
+
+
+def corpus(n: int, seed: int, **kw: object) -> list[SeedMessage]:
+    return list(generate_corpus(n, seed=seed, max_attachment_bytes=60_000, **kw))  # type: ignore[arg-type]
+
+
+def new_message(n: int) -> bytes:
+    return (
+        f"From: Fresh Sender <fresh{n}@example.org>\r\nTo: someone@example.test\r\n"
+        f"Subject: fresh message {n}\r\nMessage-ID: <fresh-{n}-{time.time_ns()}@example.org>\r\n"
+        f"Date: Tue, 24 Nov 2026 10:00:00 +0000\r\n\r\nhello number {n}\r\n"
+    ).encode()
+
+
+async def start_live(client: Client, account_id: str, tuning: SyncTuning = LIVE) -> WorkflowHandle:
+    await client.start_workflow(
+        AccountSyncWorkflow.run, AccountSyncInput(account_id=account_id, tuning=tuning),
+        id=account_workflow_id(account_id), task_queue="mailsync-test",
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+    )
+    # no run id: updates and queries follow the workflow across continue-as-new
+    handle = client.get_workflow_handle(account_workflow_id(account_id))
+    await asyncio.wait_for(handle.execute_update(AccountSyncWorkflow.wait_initial), 120)
+    return handle
+
+
+async def sync_now(handle: WorkflowHandle) -> PassResult:
+    return await asyncio.wait_for(handle.execute_update(AccountSyncWorkflow.sync_now), 120)
+
+
+async def progress(handle: WorkflowHandle) -> AccountProgress:
+    return await handle.query(AccountSyncWorkflow.progress)
+
+
+async def until(predicate, timeout: float = 30.0, every: float = 0.1):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        await asyncio.sleep(every)
+
+
+async def assert_identical(pool: asyncpg.Pool, account: TestAccount) -> None:
+    report = await verify(pool, account)
+    bad = [f for f in report.folders if f.missing or f.extra or f.mismatched or f.flag_differences]
+    assert report.identical, bad
+
+
+def uids(conn: imaplib.IMAP4, folder: str) -> list[bytes]:
+    conn.select(f'"{folder}"')
+    return conn.uid("SEARCH", None, "ALL")[1][0].split()
+
+
+async def test_changes_on_the_server_are_mirrored_exactly(
+    make_account: AccountFactory, pool: asyncpg.Pool, client: Client, cli_env: dict[str, str],
+) -> None:
+    account = await make_account(corpus(160, seed=31, folders=("INBOX", "Sent", "Archive", "Lists/Python", "Doomed")))
+    handle = await start_live(client, account.id)
+    quiet = await sync_now(handle)
+    assert (quiet.new, quiet.updated, quiet.expunged) == (0, 0, 0)
+    assert quiet.folders == [] and not quiet.folders_added and not quiet.folders_removed
+
+    c = account.imap()
+    try:
+        inbox = uids(c, "INBOX")
+        c.uid("STORE", inbox[0], "+FLAGS", r"(\Seen \Answered $Label1)")
+        c.uid("STORE", inbox[1], "-FLAGS", r"(\Seen \Flagged)")
+        c.uid("STORE", inbox[2], "+FLAGS", r"(\Deleted)")
+        c.uid("STORE", inbox[3], "+FLAGS", r"(\Deleted)")
+        c.expunge()
+        assert c.uid("MOVE", inbox[4], '"Archive"')[0] == "OK"
+        c.append("INBOX", r"(\Flagged)", None, new_message(1))
+        c.append("Sent", r"(\Seen)", None, new_message(2))
+        c.create('"Projects"')
+        c.append("Projects", None, None, new_message(3))
+        assert c.rename('"Lists/Python"', '"Lists/Renamed"')[0] == "OK"
+        assert c.delete('"Doomed"')[0] == "OK"
+    finally:
+        c.logout()
+
+    changed = await sync_now(handle)
+    by_folder = {f.folder: f for f in changed.folders}
+    assert by_folder["INBOX"].new == 1 and by_folder["INBOX"].expunged == 3  # two deleted, one moved away
+    assert by_folder["INBOX"].updated == 2
+    assert by_folder["Archive"].new == 1 and by_folder["Sent"].new == 1
+    assert sorted(changed.folders_added) == ["Lists/Renamed", "Projects"]
+    assert sorted(changed.folders_removed) == ["Doomed", "Lists/Python"]
+    await assert_identical(pool, account)
+
+    # messages that lost their last location are kept and marked, never dropped from history
+    deleted = await pool.fetchval(
+        "SELECT count(*) FROM messages WHERE account_id = $1 AND deleted_at IS NOT NULL", account.id)
+    assert deleted >= 2
+    moved_alive = await pool.fetchval(
+        """SELECT count(*) FROM messages m WHERE m.account_id = $1 AND m.deleted_at IS NULL
+           AND NOT EXISTS (SELECT 1 FROM message_locations l WHERE l.message_pk = m.id)""", account.id)
+    assert moved_alive == 0
+    gone = await pool.fetchrow("SELECT deleted_at FROM folders WHERE account_id = $1 AND name = 'Doomed'", account.id)
+    assert gone["deleted_at"] is not None
+
+    again = await sync_now(handle)
+    assert (again.new, again.updated, again.expunged) == (0, 0, 0)
+
+    history = await run_cli(cli_env, "sync", "history", account.id, "--json")
+    assert history.returncode == 0, history.stderr
+    assert '"expunged": 3' in history.stdout and '"folder": "INBOX"' in history.stdout
+    now = await run_cli(cli_env, "sync", "now", account.id)
+    assert now.returncode == 0, now.stderr
+    assert "0 new, 0 updated, 0 expunged" in now.stderr
+
+
+async def test_idle_brings_new_mail_within_five_seconds(
+    make_account: AccountFactory, pool: asyncpg.Pool, client: Client,
+) -> None:
+    account = await make_account(corpus(40, seed=32))
+    handle = await start_live(client, account.id, LIVE.model_copy(update={"watch": True}))
+    await until(lambda: _phase_is(handle, AccountPhase.idle))
+    await asyncio.sleep(1.0)  # the watcher's IDLE is in place
+    c = account.imap()
+    try:
+        appended = time.monotonic()
+        c.append("INBOX", None, None, new_message(7))
+    finally:
+        c.logout()
+
+    async def arrived() -> bool:
+        n = await pool.fetchval(
+            """SELECT count(*) FROM messages WHERE account_id = $1 AND subject = 'fresh message 7'""", account.id)
+        return n == 1
+
+    assert await until(arrived, timeout=10.0, every=0.05)
+    elapsed = time.monotonic() - appended
+    assert elapsed < 5.0, f"new mail took {elapsed:.2f} s to reach PostgreSQL"
+    await assert_identical(pool, account)
+
+
+async def _phase_is(handle: WorkflowHandle, phase: AccountPhase) -> bool:
+    return (await progress(handle)).phase == phase
+
+
+async def test_uidvalidity_change_rebuilds_the_folder(
+    make_account: AccountFactory, pool: asyncpg.Pool, client: Client,
+) -> None:
+    account = await make_account(corpus(60, seed=33, folders=("INBOX", "Sent")))
+    handle = await start_live(client, account.id)
+    before = await pool.fetchval("SELECT uidvalidity FROM folders WHERE account_id = $1 AND name = 'Sent'", account.id)
+    c = account.imap()
+    try:  # recreate the mailbox with the same messages: a new UIDVALIDITY
+        c.create('"Sent2"')
+        c.select('"Sent"')
+        c.uid("COPY", "1:*", '"Sent2"')
+        c.close()
+        c.delete('"Sent"')
+        c.rename('"Sent2"', '"Sent"')
+    finally:
+        c.logout()
+    result = await sync_now(handle)
+    assert any(f.folder == "Sent" and f.rebuilt for f in result.folders), result
+    after = await pool.fetchval("SELECT uidvalidity FROM folders WHERE account_id = $1 AND name = 'Sent'", account.id)
+    assert after != before
+    await assert_identical(pool, account)
+
+
+async def test_continue_as_new_carries_state_and_keeps_history_small(
+    make_account: AccountFactory, pool: asyncpg.Pool, client: Client,
+) -> None:
+    account = await make_account(corpus(30, seed=34))
+    handle = await start_live(client, account.id, LIVE.model_copy(update={"passes_per_run": 2}))
+    for i in range(7):
+        c = account.imap()
+        try:
+            c.append("INBOX", None, None, new_message(100 + i))
+        finally:
+            c.logout()
+        result = await sync_now(handle)
+        assert result.new == 1 and result.seq == i + 1
+    p = await progress(handle)
+    assert p.passes == 7 and p.total_new == 7
+    assert p.runs >= 4  # 2 passes per run
+    runs = [w async for w in client.list_workflows(f"WorkflowId = '{account_workflow_id(account.id)}'")]
+    assert len(runs) == p.runs
+    events = [e async for e in handle.fetch_history_events()]
+    assert len(events) < 150, len(events)
+    await assert_identical(pool, account)
+
+
+async def test_pause_resume_and_start_twice_attaches(
+    make_account: AccountFactory, pool: asyncpg.Pool, client: Client, cli_env: dict[str, str],
+) -> None:
+    account = await make_account(corpus(30, seed=35))
+    handle = await start_live(client, account.id)
+    first = (await handle.describe()).run_id
+    again = await run_cli(cli_env, "sync", "start", account.id, "--wait")
+    assert again.returncode == 0, again.stderr
+    assert (await handle.describe()).run_id == first
+    running = [w async for w in client.list_workflows(
+        f"WorkflowId = '{account_workflow_id(account.id)}' AND ExecutionStatus = 'Running'")]
+    assert len(running) == 1
+
+    paused = await run_cli(cli_env, "sync", "pause", account.id)
+    assert paused.returncode == 0, paused.stderr
+    assert await until(lambda: _phase_is(handle, AccountPhase.paused))
+    with pytest.raises(WorkflowUpdateFailedError):
+        await sync_now(handle)
+    c = account.imap()
+    try:
+        c.append("INBOX", None, None, new_message(200))
+    finally:
+        c.logout()
+    await asyncio.sleep(1.0)
+    assert await pool.fetchval(
+        "SELECT count(*) FROM messages WHERE account_id = $1 AND subject = 'fresh message 200'", account.id) == 0
+
+    resumed = await run_cli(cli_env, "sync", "resume", account.id)
+    assert resumed.returncode == 0, resumed.stderr
+
+    async def arrived() -> bool:
+        return await pool.fetchval(
+            "SELECT count(*) FROM messages WHERE account_id = $1 AND subject = 'fresh message 200'", account.id) == 1
+
+    assert await until(arrived)
+
+    resync = await run_cli(cli_env, "sync", "resync", account.id)
+    assert resync.returncode == 0, resync.stderr
+    bodies = await pool.fetchval("SELECT count(*) FROM message_bodies WHERE account_id = $1", account.id)
+
+    async def resynced() -> bool:
+        p = await progress(handle)
+        return p.last_pass is not None and p.last_pass.kind == "resync" and p.phase == AccountPhase.idle
+
+    assert await until(resynced)
+    assert await pool.fetchval("SELECT count(*) FROM message_bodies WHERE account_id = $1", account.id) == bodies
+    await assert_identical(pool, account)
+
+
+async def test_password_change_parks_account_until_credentials_updated(
+    make_account: AccountFactory, dovecot: DovecotServer, pool: asyncpg.Pool, client: Client,
+    cli_env: dict[str, str],
+) -> None:
+    with ChaosProxy(dovecot.host, dovecot.port) as proxy:
+        account = await make_account(corpus(20, seed=36), port=proxy.port)
+        handle = await start_live(client, account.id)
+        dovecot.set_password(account.username, "rotated-pw")
+        logins_before = proxy.connections
+        with pytest.raises(WorkflowUpdateFailedError):
+            await sync_now(handle)
+        assert await until(lambda: _phase_is(handle, AccountPhase.auth_failed))
+        assert await pool.fetchval("SELECT status FROM accounts WHERE id = $1", account.id) == "auth_failed"
+        await asyncio.sleep(2.0)
+        assert proxy.connections - logins_before == 1  # one refused login, no retry storm
+
+        updated = await run_cli(
+            cli_env, "account", "update", account.id, "--password-stdin", input="rotated-pw\n")
+        assert updated.returncode == 0, updated.stderr
+        assert await until(lambda: _phase_is(handle, AccountPhase.idle))
+        assert await pool.fetchval("SELECT status FROM accounts WHERE id = $1", account.id) == "active"
+        account.password = "rotated-pw"
+        account.port = dovecot.port
+        c = account.imap()
+        try:
+            c.append("INBOX", None, None, new_message(300))
+        finally:
+            c.logout()
+        assert (await sync_now(handle)).new == 1
+        await assert_identical(pool, account)
+
+
+@pytest.fixture(scope="module")
+def plain_dovecot() -> Iterator[DovecotServer]:
+    """A server without CONDSTORE/QRESYNC: the flag-diff fallback must give the same mirror."""
+    server = start_dovecot(Path(tempfile.mkdtemp(prefix="mailsync-test-plain-")), condstore=False)
+    yield server
+    server.stop()
+
+
+async def test_server_without_condstore_uses_the_diff_fallback(
+    plain_dovecot: DovecotServer, pool: asyncpg.Pool, box: CredentialBox, client: Client,
+) -> None:
+    account = await AccountFactory(plain_dovecot, pool, box)(corpus(120, seed=37))
+    handle = await start_live(client, account.id)
+    c = account.imap()
+    try:
+        assert "CONDSTORE" not in c.capabilities
+        inbox = uids(c, "INBOX")
+        c.uid("STORE", inbox[0], "+FLAGS", r"(\Flagged)")
+        c.uid("STORE", inbox[1], "-FLAGS", r"(\Seen)")
+        c.uid("STORE", inbox[2], "+FLAGS", r"(\Deleted)")
+        c.expunge()
+        c.append("INBOX", None, None, new_message(400))
+    finally:
+        c.logout()
+    result = await sync_now(handle)
+    inbox_changes = next(f for f in result.folders if f.folder == "INBOX")
+    assert (inbox_changes.new, inbox_changes.expunged) == (1, 1)
+    assert inbox_changes.updated >= 1
+    await assert_identical(pool, account)

@@ -658,6 +658,21 @@ def dev_down_cmd() -> None:
     _exit(0)
 
 
+@app.command("gateway")
+def gateway_cmd(
+    host: str | None = typer.Option(None, help="listen address (default MAILSYNC_GATEWAY_HOST, 127.0.0.1)"),
+    port: int | None = typer.Option(None, help="listen port (default MAILSYNC_GATEWAY_PORT, 8080)"),
+) -> None:
+    """Run the webhook gateway: provider push notifications and events become workflow signals."""
+    from gateway.server import serve
+
+    try:
+        serve(host, port)
+    except KeyboardInterrupt:
+        pass
+    _exit(0)
+
+
 @app.command("worker")
 def worker_cmd() -> None:
     """Run a worker (same as `python worker.py`)."""

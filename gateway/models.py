@@ -1,8 +1,7 @@
 """Request and response bodies of the gateway, and the signal payloads it sends to workflows.
 
-`MailboxChanged` and `CredentialsExpired` must stay JSON-identical to the models the account
-workflow declares for those signals (workflows/models.py): the pydantic data converter carries
-them as plain JSON, so matching field names and types is the whole contract.
+`MailboxChanged` and `CredentialsExpired` are re-exported from workflows/models.py: the gateway
+sends exactly the payloads the account workflow declares for those signals.
 """
 
 from __future__ import annotations
@@ -14,21 +13,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from workflows.models import CredentialsExpired, MailboxChanged
+
+__all__ = ["CredentialsExpired", "MailboxChanged"]
+
 # --- signal payloads (workflow contract) ---------------------------------------------------------
-
-
-class MailboxChanged(BaseModel):
-    """Signal `mailbox_changed`: the provider says something changed; the workflow decides what to sync."""
-
-    source: str
-    folder: str | None = None
-    history_id: int | None = None
-
-
-class CredentialsExpired(BaseModel):
-    """Signal `credentials_expired`: the grant behind the account's credentials is gone."""
-
-    reason: str
 
 
 MAILBOX_CHANGED = "mailbox_changed"

@@ -53,6 +53,10 @@ class Settings(BaseSettings):
         description="seconds between incremental passes when no change is pushed",
     )
     passes_per_run: int = Field(default=200, ge=1, validation_alias="MAILSYNC_PASSES_PER_RUN")
+    search_attributes: bool = Field(
+        default=True, validation_alias="MAILSYNC_SEARCH_ATTRIBUTES",
+        description="tag account workflows with Mailsync* search attributes (registered by `dev up`)",
+    )
     idle_watch: bool = Field(default=True, validation_alias="MAILSYNC_IDLE", description="hold IMAP IDLE on the INBOX")
 
     def tuning(self):  # type: ignore[no-untyped-def]
@@ -63,7 +67,7 @@ class Settings(BaseSettings):
             page_size=self.page_size, chunk_size=self.fetch_chunk, connection_limit=self.connection_limit,
             pages_per_run=self.pages_per_run, page_timeout_seconds=self.activity_timeout,
             heartbeat_seconds=self.heartbeat_timeout, poll_seconds=self.poll_interval,
-            passes_per_run=self.passes_per_run, watch=self.idle_watch,
+            passes_per_run=self.passes_per_run, watch=self.idle_watch, search_attributes=self.search_attributes,
         )
 
 

@@ -41,6 +41,7 @@ from store.crypto import CredentialBox
 from store.db import create_pool
 from store.migrate import migrate
 from worker import build_workers
+from workflows import search
 from workflows.account_sync import AccountSyncWorkflow, account_workflow_id
 from workflows.models import AccountSyncInput, AccountSyncResult, SyncTuning
 
@@ -49,7 +50,7 @@ SECRET_KEY = base64.b64encode(b"k" * 32).decode()
 # Small pages and chunks so a few hundred messages exercise paging, chunking and continue-as-new.
 TEST_TUNING = SyncTuning(
     page_size=50, chunk_size=20, connection_limit=2, pages_per_run=4, page_timeout_seconds=120,
-    heartbeat_seconds=5,
+    heartbeat_seconds=5, search_attributes=True,
 )
 
 
@@ -70,6 +71,7 @@ def pg_url() -> Iterator[str]:
 async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=temporal_binary(), data_converter=pydantic_data_converter,
+        search_attributes=search.ALL,
     )
     yield env
     await env.shutdown()

@@ -229,9 +229,18 @@ async def test_pause_resume_and_start_twice_attaches(
         f"WorkflowId = '{account_workflow_id(account.id)}' AND ExecutionStatus = 'Running'")]
     assert len(running) == 1
 
+    # the web UI finds accounts by search attributes (set when the phase settles)
+    async def findable(phase: str) -> bool:
+        found = [w async for w in client.list_workflows(
+            f"MailsyncAccountId = '{account.id}' AND MailsyncPhase = '{phase}' AND MailsyncProvider = 'imap'")]
+        return len(found) == 1
+
+    assert await until(lambda: findable("idle"))
+
     paused = await run_cli(cli_env, "sync", "pause", account.id)
     assert paused.returncode == 0, paused.stderr
     assert await until(lambda: _phase_is(handle, AccountPhase.paused))
+    assert await until(lambda: findable("paused"))
     with pytest.raises(WorkflowUpdateFailedError):
         await sync_now(handle)
     c = account.imap()

@@ -26,6 +26,7 @@ with workflow.unsafe.imports_passed_through():
         FolderPhase, FolderProgress, FolderRef, FolderSyncInput, FolderSyncResult, HistoryInput,
         MailboxChanged, PassResult, ProbeInput, ProbeResult, SetStatusInput, WatchInput, WatchResult,
     )
+    from workflows import search
     from workflows.policies import (
         ACTIVITY_RETRY, PAUSE_AFTER_EXHAUSTED, SHORT_TIMEOUT, failure_message, failure_type,
     )
@@ -56,6 +57,8 @@ class AccountSyncWorkflow:
         self._credentials_updated = False
         self._watch: asyncio.Task[WatchResult] | None = None
         self._account_id = inp.account_id
+        self._tuning = inp.tuning
+        self._published: AccountPhase | None = None
 
     # ---- queries, signals, updates -------------------------------------------------------------
 
@@ -164,7 +167,7 @@ class AccountSyncWorkflow:
                     return await self._fail_auth(inp)
                 await self._wait_for_credentials(inp)
         if not inp.live:
-            self._progress.phase = AccountPhase.completed
+            self._publish(AccountPhase.completed)
             return AccountSyncResult(account_id=inp.account_id, phase=self._progress.phase, progress=self.progress())
         await self._live(inp)
         raise AssertionError("unreachable: the live loop continues-as-new")
@@ -178,7 +181,7 @@ class AccountSyncWorkflow:
         for f in discovered.folders:
             self._folders.setdefault(f.name, FolderProgress(name=f.name, role=f.role))
             st.cursors.setdefault(f.folder_id, FolderCursor(folder=f))
-        self._progress.phase = AccountPhase.initial
+        self._publish(AccountPhase.initial)
         todo = [c.folder for c in st.cursors.values() if not c.mirrored]
         await self._mirror_folders(inp, todo)
         if self._auth_error:
@@ -217,7 +220,7 @@ class AccountSyncWorkflow:
                 await self._wait_for_credentials(inp)
                 continue
             if st.paused:
-                self._progress.phase = AccountPhase.paused
+                self._publish(AccountPhase.paused)
                 await self._stop_watch()
                 await workflow.wait_condition(lambda: not st.paused)
                 st.changed = True
@@ -232,7 +235,7 @@ class AccountSyncWorkflow:
             except _AuthFailed:
                 continue
             passes_this_run += 1
-            self._progress.phase = AccountPhase.idle
+            self._publish(AccountPhase.idle)
             if passes_this_run >= inp.tuning.passes_per_run:
                 continue
             self._ensure_watch(inp)
@@ -339,7 +342,7 @@ class AccountSyncWorkflow:
         """Full re-mirror of every folder; bodies already stored are matched by sha256, not rewritten."""
         assert self._progress is not None
         started = workflow.now()
-        self._progress.phase = AccountPhase.initial
+        self._publish(AccountPhase.initial)
         for c in self._st.cursors.values():
             c.mirrored = False
             self._folders[c.folder.name] = FolderProgress(name=c.folder.name, role=c.folder.role)
@@ -395,10 +398,24 @@ class AccountSyncWorkflow:
 
     # ---- failures and bookkeeping -----------------------------------------------------------------
 
+    def _publish(self, phase: AccountPhase) -> None:
+        """Set the phase; stable phases also go to the search attributes (passes are too brief)."""
+        assert self._progress is not None
+        self._progress.phase = phase
+        if not self._tuning.search_attributes or phase == self._published:
+            return
+        self._published = phase
+        workflow.upsert_search_attributes([
+            search.ACCOUNT_ID.value_set(self._account_id),
+            search.ADDRESS.value_set(self._progress.address or ""),
+            search.PROVIDER.value_set("imap"),
+            search.PHASE.value_set(phase.value),
+        ])
+
     async def _wait_for_credentials(self, inp: AccountSyncInput) -> None:
         assert self._progress is not None
         await self._stop_watch()
-        self._progress.phase = AccountPhase.auth_failed
+        self._publish(AccountPhase.auth_failed)
         reason = self._auth_error or "authentication failed"
         await self._set_status(inp.account_id, "auth_failed", reason)
         self._credentials_updated = False
@@ -469,7 +486,7 @@ class AccountSyncWorkflow:
 
     async def _fail_auth(self, inp: AccountSyncInput) -> AccountSyncResult:
         assert self._progress is not None
-        self._progress.phase = AccountPhase.auth_failed
+        self._publish(AccountPhase.auth_failed)
         reason = self._auth_error or "authentication failed"
         await self._set_status(inp.account_id, "auth_failed", reason)
         raise ApplicationError(

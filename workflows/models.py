@@ -24,6 +24,7 @@ class SyncTuning(BaseModel):
     passes_per_run: int = 200        # the account workflow continues-as-new after this many passes
     watch: bool = True               # hold IDLE (or NOOP-poll) on the INBOX between passes
     idle_seconds: float = 25 * 60    # re-issue IDLE this often (RFC 2177: at most 29 min)
+    search_attributes: bool = False  # set Mailsync* search attributes (they must exist on the server)
 
 
 class FolderRef(BaseModel):

@@ -181,34 +181,27 @@ def account_update(
     """Check and store a new password; a sync parked in auth_failed resumes at once."""
 
     async def body() -> int:
-        from temporalio.service import RPCError
-
         from providers.imap.client import ImapSession
         from providers.imap.settings import ImapSettings
-        from runtime.temporal import connect
-        from store.accounts import get_account, update_credentials
-        from workflows.account_sync import AccountSyncWorkflow, account_workflow_id
+        from store.accounts import update_credentials
+        from workflows.account_sync import AccountSyncWorkflow
 
         settings = get_settings()
-        pool = await _pool(settings)
-        async with pool.acquire() as conn:
-            acc = await get_account(conn, account)
+        acc = await _account(settings, account)
         if acc.provider != "imap":
             raise CliError(f"{acc.id} is a {acc.provider} account: only IMAP passwords can be updated here")
         password = _read_password(password_env, password_stdin)
         imap = ImapSettings.model_validate(acc.settings)
         async with ImapSession(imap, password, auth_timeout=settings.imap_auth_timeout, timeout=settings.imap_timeout):
             pass
+        pool = await _pool(settings)
         async with pool.acquire() as conn:
             await update_credentials(conn, acc.id, _box(settings).seal(password.encode(), acc.id))
         await pool.close()
         err.print(f"login ok; new password stored for {acc.id}", highlight=False)
-        client = await connect(settings)
-        try:
-            await client.get_workflow_handle(account_workflow_id(acc.id)).signal(AccountSyncWorkflow.credentials_updated)
+        # no sync running: the next `sync start` uses the new password
+        if await _if_running(settings, acc.id, lambda h: h.signal(AccountSyncWorkflow.credentials_updated)):
             err.print("the running sync was told to resume", highlight=False)
-        except RPCError:
-            pass  # no sync running: the next `sync start` uses the new password
         return 0
 
     run(body)
@@ -222,28 +215,19 @@ def account_remove(
     """Stop the account's sync and delete the account with everything mirrored for it."""
 
     async def body() -> int:
-        from temporalio.service import RPCError
-
-        from runtime.temporal import connect
-        from store.accounts import delete_account, get_account
-        from workflows.account_sync import account_workflow_id
+        from store.accounts import delete_account
 
         settings = get_settings()
+        acc = await _account(settings, account)
         pool = await _pool(settings)
-        async with pool.acquire() as conn:
-            acc = await get_account(conn, account)
-            count = await conn.fetchval("SELECT count(*) FROM messages WHERE account_id = $1", acc.id)
+        count = await pool.fetchval("SELECT count(*) FROM messages WHERE account_id = $1", acc.id)
         if not yes:
             if not sys.stdin.isatty():
                 raise CliError("refusing to delete without confirmation: pass --yes")
             if not typer.confirm(f"Delete {acc.id} ({acc.address}) and its {count} stored messages?"):
                 raise CliError("nothing deleted")
-        client = await connect(settings)
-        try:
-            await client.get_workflow_handle(account_workflow_id(acc.id)).terminate("account removed")
-            err.print(f"stopped {account_workflow_id(acc.id)}", highlight=False)
-        except RPCError:
-            pass  # not running
+        if await _if_running(settings, acc.id, lambda h: h.terminate("account removed")):
+            err.print(f"stopped the sync of {acc.id}", highlight=False)
         async with pool.acquire() as conn:
             removed = await delete_account(conn, acc.id)
         await pool.close()
@@ -256,14 +240,34 @@ def account_remove(
 # ---------------------------------------------------------------- sync
 
 
-async def _account_id(settings: Settings, account: str) -> str:
+async def _account(settings: Settings, account: str) -> Any:
+    """The stored account for an id or address (store.accounts.Account)."""
     from store.accounts import get_account
 
     pool = await _pool(settings)
     async with pool.acquire() as conn:
         acc = await get_account(conn, account)
     await pool.close()
-    return acc.id
+    return acc
+
+
+async def _account_id(settings: Settings, account: str) -> str:
+    return (await _account(settings, account)).id
+
+
+async def _if_running(settings: Settings, account_id: str, action: Callable[[Any], Awaitable[object]]) -> bool:
+    """Apply action to the account's workflow handle; False when there is no such workflow."""
+    from temporalio.service import RPCError
+
+    from runtime.temporal import connect
+    from workflows.account_sync import account_workflow_id
+
+    client = await connect(settings)
+    try:
+        await action(client.get_workflow_handle(account_workflow_id(account_id)))
+    except RPCError:
+        return False
+    return True
 
 
 def _progress_line(p: Any) -> str:

@@ -286,7 +286,11 @@ async def test_password_change_parks_account_until_credentials_updated(
         with pytest.raises(WorkflowUpdateFailedError):
             await sync_now(handle)
         assert await until(lambda: _phase_is(handle, AccountPhase.auth_failed))
-        assert await pool.fetchval("SELECT status FROM accounts WHERE id = $1", account.id) == "auth_failed"
+
+        async def status_is(expected: str) -> bool:
+            return await pool.fetchval("SELECT status FROM accounts WHERE id = $1", account.id) == expected
+
+        assert await until(lambda: status_is("auth_failed"))
         await asyncio.sleep(2.0)
         assert proxy.connections - logins_before == 1  # one refused login, no retry storm
 
@@ -294,7 +298,7 @@ async def test_password_change_parks_account_until_credentials_updated(
             cli_env, "account", "update", account.id, "--password-stdin", input="rotated-pw\n")
         assert updated.returncode == 0, updated.stderr
         assert await until(lambda: _phase_is(handle, AccountPhase.idle))
-        assert await pool.fetchval("SELECT status FROM accounts WHERE id = $1", account.id) == "active"
+        assert await until(lambda: status_is("active"))
         account.password = "rotated-pw"
         account.port = dovecot.port
         c = account.imap()
@@ -335,3 +339,19 @@ async def test_server_without_condstore_uses_the_diff_fallback(
     assert (inbox_changes.new, inbox_changes.expunged) == (1, 1)
     assert inbox_changes.updated >= 1
     await assert_identical(pool, account)
+
+
+async def test_account_remove_stops_the_sync_and_deletes_the_mirror(
+    make_account: AccountFactory, pool: asyncpg.Pool, client: Client, cli_env: dict[str, str],
+) -> None:
+    account = await make_account(corpus(25, seed=38))
+    handle = await start_live(client, account.id)
+    refused = await run_cli(cli_env, "account", "remove", account.id)  # no terminal, no --yes
+    assert refused.returncode == 1 and "--yes" in refused.stderr
+    assert await pool.fetchval("SELECT count(*) FROM messages WHERE account_id = $1", account.id) > 0
+    removed = await run_cli(cli_env, "account", "remove", account.id, "--yes")
+    assert removed.returncode == 0, removed.stderr
+    assert (await handle.describe()).status.name == "TERMINATED"
+    for table in ("accounts", "messages", "message_bodies", "message_locations", "folders", "sync_history"):
+        column = "id" if table == "accounts" else "account_id"
+        assert await pool.fetchval(f"SELECT count(*) FROM {table} WHERE {column} = $1", account.id) == 0, table

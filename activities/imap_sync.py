@@ -13,8 +13,9 @@ from activities.errors import classified_errors
 from mail.model import FetchedMessage
 from mail.parse import parse_many
 from providers.errors import UidValidityChanged
+from providers.imap.client import ImapSession
 from store.folders import FolderRow, record_folder_state, upsert_folders
-from store.pages import persist_page
+from store.pages import persist_page, reuse_stored
 from workflows.models import (
     DiscoverInput, DiscoverResult, FolderRef, PageSummary, PlanPagesInput, PlanPagesResult,
     SyncPageInput, UidRange,
@@ -132,7 +133,8 @@ class ImapActivities:
 
                     try:
                         for chunk in chunks:
-                            fetched = await session.fetch(chunk)
+                            wanted = await self._not_stored(session, inp, chunk, summary) if inp.reuse_bodies else chunk
+                            fetched = await session.fetch(wanted)
                             while len(writes) >= _WRITES_IN_FLIGHT:
                                 await settle_oldest()
                             writes.append((asyncio.create_task(self._write(inp, fetched, summary)), min(chunk)))
@@ -144,6 +146,19 @@ class ImapActivities:
         finally:
             beater.cancel()
         return summary
+
+    async def _not_stored(
+        self, session: ImapSession, inp: SyncPageInput, chunk: list[int], summary: PageSummary
+    ) -> list[int]:
+        """Place the chunk's messages the account already holds (by header key); the UIDs left need bodies."""
+        heads = await session.fetch_headers(chunk)
+        async with self.deps.pool.acquire() as conn:
+            missing = await reuse_stored(conn, inp.account_id, inp.folder.folder_id, inp.uidvalidity, heads)
+        reused = len(heads) - len(missing)
+        summary.fetched += reused
+        summary.reused += reused
+        summary.header_bytes += sum(len(h.raw) for h in heads)
+        return [h.uid for h in missing]
 
     async def _write(self, inp: SyncPageInput, fetched: list[FetchedMessage], summary: PageSummary) -> None:
         parsed = parse_many([m.raw for m in fetched])

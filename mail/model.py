@@ -14,3 +14,4 @@ class FetchedMessage:
     raw: bytes
     flags: list[str] = field(default_factory=list)
     internaldate: datetime | None = None
+    size: int | None = None          # RFC822.SIZE as the server reported it

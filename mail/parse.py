@@ -31,6 +31,7 @@ _NEWEST = datetime(2200, 1, 1, tzinfo=timezone.utc)
 class ParsedMessage:
     sha256: bytes
     size: int
+    header_sha256: bytes | None = None  # of the header block as `BODY[HEADER]` serves it
     message_id: str | None = None
     in_reply_to: str | None = None
     references: list[str] = field(default_factory=list)
@@ -224,6 +225,7 @@ def parse_message(raw: bytes) -> ParsedMessage:
         if end < 0:
             problems.append("no header/body separator")
         header_bytes = raw if end < 0 else raw[: end + 2]
+        parsed.header_sha256 = header_key(raw)
         msg = _HEADERS.parsebytes(header_bytes, headersonly=True)
         problems.extend(type(d).__name__ for d in msg.defects)
         parsed.message_id = (_msgids(msg.get("Message-ID")) or [None])[0]
@@ -254,6 +256,15 @@ def parse_message(raw: bytes) -> ParsedMessage:
         problems.append(f"{type(exc).__name__}: {exc}")
     parsed.parse_error = clean_text("; ".join(dict.fromkeys(problems))) if problems else None
     return parsed
+
+
+def header_key(raw: bytes) -> bytes:
+    """sha256 of the header block including the blank line, i.e. what `BODY[HEADER]` returns."""
+    end = raw.find(b"\r\n\r\n")
+    if end >= 0:
+        return hashlib.sha256(raw[: end + 4]).digest()
+    end = raw.find(b"\n\n")
+    return hashlib.sha256(raw if end < 0 else raw[: end + 2]).digest()
 
 
 def parse_many(raws: Sequence[bytes]) -> list[ParsedMessage]:

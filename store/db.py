@@ -12,14 +12,14 @@ from config import Settings
 # and EXTERNAL storage skips pglz, so staging costs a memory copy, not a second compressed write.
 _STAGE_DDL = """
 CREATE TEMP TABLE IF NOT EXISTS page_stage (
-    sha256 bytea, size integer, uid bigint, flags text[], internaldate timestamptz,
+    sha256 bytea, header_sha256 bytea, size integer, uid bigint, flags text[], internaldate timestamptz,
     message_id text, in_reply_to text, refs text[], subject text, from_addr text, from_name text,
     to_addrs text[], cc_addrs text[], bcc_addrs text[], sent_at timestamptz, snippet text,
     parse_error text
 ) ON COMMIT DELETE ROWS;
 """
 STAGE_COLUMNS = (
-    "sha256", "size", "uid", "flags", "internaldate", "message_id", "in_reply_to", "refs",
+    "sha256", "header_sha256", "size", "uid", "flags", "internaldate", "message_id", "in_reply_to", "refs",
     "subject", "from_addr", "from_name", "to_addrs", "cc_addrs", "bcc_addrs", "sent_at", "snippet",
     "parse_error",
 )

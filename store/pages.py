@@ -14,7 +14,7 @@ from datetime import datetime
 import asyncpg
 
 from mail.model import FetchedMessage
-from mail.parse import ParsedMessage, parse_message
+from mail.parse import ParsedMessage, header_key, parse_message
 from mail.threads import group_page
 from store.db import STAGE_COLUMNS
 
@@ -34,7 +34,7 @@ def account_lock_key(account_id: str) -> int:
 
 def _stage_row(m: FetchedMessage, p: ParsedMessage) -> tuple:
     return (
-        p.sha256, p.size, m.uid, m.flags, m.internaldate, p.message_id, p.in_reply_to,
+        p.sha256, p.header_sha256, p.size, m.uid, m.flags, m.internaldate, p.message_id, p.in_reply_to,
         p.references, p.subject, p.from_addr, p.from_name, p.to_addrs, p.cc_addrs, p.bcc_addrs,
         p.sent_at, p.snippet, p.parse_error,
     )
@@ -60,10 +60,10 @@ async def persist_page(
         )
         await _write_bodies(conn, account_id, fetched, parsed)
         new_rows = await conn.fetch(
-            """INSERT INTO messages (account_id, sha256, size, message_id, in_reply_to, refs, subject,
+            """INSERT INTO messages (account_id, sha256, header_sha256, size, message_id, in_reply_to, refs, subject,
                    from_addr, from_name, to_addrs, cc_addrs, bcc_addrs, sent_at, internaldate, snippet,
                    parse_error)
-               SELECT DISTINCT ON (sha256) $1, sha256, size, message_id, in_reply_to, refs, subject,
+               SELECT DISTINCT ON (sha256) $1, sha256, header_sha256, size, message_id, in_reply_to, refs, subject,
                    from_addr, from_name, to_addrs, cc_addrs, bcc_addrs, sent_at, internaldate, snippet,
                    parse_error
                FROM page_stage ORDER BY sha256
@@ -234,3 +234,49 @@ async def _upsert_contacts(conn: asyncpg.Connection, account_id: str, messages: 
         account_id, addrs, [agg[a][0] for a in addrs], [agg[a][1] for a in addrs],
         firsts, [agg[a][3] for a in addrs],
     )
+
+
+async def reuse_stored(
+    conn: asyncpg.Connection, account_id: str, folder_id: int, uidvalidity: int, heads: Sequence[FetchedMessage]
+) -> list[FetchedMessage]:
+    """Place messages the account already holds at these UIDs, matched by header key and size.
+
+    `heads` carry the header block (`BODY[HEADER]`) as `raw` and RFC822.SIZE as `size`. Returns the
+    heads nothing matched: their bodies must be downloaded. Same header block and same size is
+    taken as the same message (the header holds Message-ID, Date and the Received trail).
+    """
+    if not heads:
+        return []
+    keys = {m.uid: header_key(m.raw) for m in heads}
+    rows = await conn.fetch(
+        """SELECT id, header_sha256, size FROM messages
+           WHERE account_id = $1 AND header_sha256 = ANY($2::bytea[])""",
+        account_id, list(set(keys.values())),
+    )
+    known = {(bytes(r["header_sha256"]), r["size"]): r["id"] for r in rows}
+    placed: list[tuple[int, int, list[str], datetime | None]] = []
+    missing: list[FetchedMessage] = []
+    for m in heads:
+        pk = known.get((keys[m.uid], m.size))
+        if pk is None:
+            missing.append(m)
+        else:
+            placed.append((m.uid, pk, m.flags, m.internaldate))
+    if placed:
+        async with conn.transaction():
+            await conn.execute(
+                """INSERT INTO message_locations
+                       (account_id, folder_id, uidvalidity, uid, message_pk, flags, internaldate)
+                   SELECT $1, $2, $3, uid, pk, string_to_array(f, ' '), d
+                   FROM unnest($4::bigint[], $5::bigint[], $6::text[], $7::timestamptz[]) AS t(uid, pk, f, d)
+                   ORDER BY uid
+                   ON CONFLICT (folder_id, uidvalidity, uid) DO UPDATE
+                       SET message_pk = EXCLUDED.message_pk, flags = EXCLUDED.flags, updated_at = now()""",
+                account_id, folder_id, uidvalidity, [p[0] for p in placed], [p[1] for p in placed],
+                [" ".join(p[2]) for p in placed], [p[3] for p in placed],
+            )
+            await conn.execute(
+                "UPDATE messages SET deleted_at = NULL WHERE id = ANY($1::bigint[]) AND deleted_at IS NOT NULL",
+                [p[1] for p in placed],
+            )
+    return missing

@@ -24,7 +24,7 @@ from store.crypto import CredentialBox
 from workflows.account_sync import AccountSyncWorkflow, account_workflow_id
 from workflows.models import AccountPhase, AccountProgress, AccountSyncInput, PassResult, SyncTuning
 
-from conftest import TEST_TUNING, AccountFactory, TestAccount, run_cli, verify
+from conftest import TEST_TUNING, AccountFactory, TestAccount, run_cli, server_messages, verify
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -116,6 +116,8 @@ async def test_changes_on_the_server_are_mirrored_exactly(
     assert by_folder["INBOX"].updated == 2
     assert by_folder["Archive"].new == 1 and by_folder["Sent"].new == 1
     assert sorted(changed.folders_added) == ["Lists/Renamed", "Projects"]
+    renamed = by_folder["Lists/Renamed"]
+    assert renamed.rebuilt and renamed.new == 0 and renamed.reused > 0  # a rename downloads no body
     assert sorted(changed.folders_removed) == ["Doomed", "Lists/Python"]
     await assert_identical(pool, account)
 
@@ -187,7 +189,12 @@ async def test_uidvalidity_change_rebuilds_the_folder(
     finally:
         c.logout()
     result = await sync_now(handle)
-    assert any(f.folder == "Sent" and f.rebuilt for f in result.folders), result
+    sent = next(f for f in result.folders if f.folder == "Sent")
+    assert sent.rebuilt, result
+    served = server_messages(account)["Sent"]
+    # every body was already stored: matched by header key, none downloaded again
+    assert sent.reused == len(served) and sent.new == 0, sent
+    assert sent.downloaded_bytes < 0.5 * sum(len(raw) for _, raw in served), sent
     after = await pool.fetchval("SELECT uidvalidity FROM folders WHERE account_id = $1 AND name = 'Sent'", account.id)
     assert after != before
     await assert_identical(pool, account)

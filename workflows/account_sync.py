@@ -283,7 +283,8 @@ class AccountSyncWorkflow:
             if rebuild:
                 for r in await self._mirror_folders(inp, rebuild):
                     result.folders.append(FolderChanges(
-                        folder=r.folder.name, new=r.progress.done, rebuilt=True,
+                        folder=r.folder.name, new=r.progress.done - r.progress.reused, rebuilt=True,
+                        reused=r.progress.reused, downloaded_bytes=r.progress.bytes,
                         error=r.progress.error if r.progress.phase == FolderPhase.failed else None,
                     ))
             if self._auth_error:
@@ -349,7 +350,10 @@ class AccountSyncWorkflow:
         self._progress.started_at = started
         result = PassResult(seq=self._st.passes + 1, kind="resync", started_at=started)
         for r in await self._mirror_folders(inp, [c.folder for c in self._st.cursors.values()]):
-            result.folders.append(FolderChanges(folder=r.folder.name, new=r.progress.done, rebuilt=True))
+            result.folders.append(FolderChanges(
+                folder=r.folder.name, new=r.progress.done - r.progress.reused, rebuilt=True,
+                reused=r.progress.reused, downloaded_bytes=r.progress.bytes,
+            ))
         result.finished_at = workflow.now()
         await self._activity(
             ImapIncrementalActivities.record_pass, HistoryInput(account_id=inp.account_id, result=result), SHORT_TIMEOUT
@@ -468,7 +472,7 @@ class AccountSyncWorkflow:
                     FolderSyncWorkflow.run,
                     FolderSyncInput(
                         account_id=inp.account_id, folder=folder, parent_workflow_id=workflow.info().workflow_id,
-                        tuning=inp.tuning,
+                        tuning=inp.tuning, reuse_bodies=self._st.initial_done,
                     ),
                     id=f"{workflow.info().workflow_id}/folder/{folder.folder_id}",
                 )

@@ -65,7 +65,8 @@ class FolderSyncWorkflow:
             st.progress.done += summary.fetched
             st.progress.total -= min(summary.vanished, page.count)
             st.progress.failed += summary.parse_errors
-            st.progress.bytes += summary.bytes
+            st.progress.bytes += summary.bytes + summary.header_bytes
+            st.progress.reused += summary.reused
             st.progress.error = None
             st.pages_done += 1
             pages_this_run += 1
@@ -107,7 +108,7 @@ class FolderSyncWorkflow:
             ImapActivities.sync_page,
             SyncPageInput(
                 account_id=inp.account_id, folder=inp.folder, uidvalidity=st.uidvalidity, page=page,
-                chunk_size=inp.tuning.chunk_size,
+                chunk_size=inp.tuning.chunk_size, reuse_bodies=inp.reuse_bodies,
             ),
             timedelta(seconds=inp.tuning.page_timeout_seconds), timedelta(seconds=inp.tuning.heartbeat_seconds), inp,
         )

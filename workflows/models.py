@@ -75,6 +75,7 @@ class SyncPageInput(BaseModel):
     uidvalidity: int
     page: UidRange
     chunk_size: int = 100
+    reuse_bodies: bool = False       # match stored messages by header key before downloading bodies
 
 
 class PageSummary(BaseModel):
@@ -83,6 +84,8 @@ class PageSummary(BaseModel):
     bytes: int = 0
     parse_errors: int = 0
     vanished: int = 0                # planned UIDs expunged before we fetched them
+    reused: int = 0                  # placed from bodies already stored, not downloaded
+    header_bytes: int = 0            # header blocks fetched to find those
     resumed_from: int | None = None  # set when a retried attempt skipped work a previous one persisted
 
 
@@ -106,7 +109,8 @@ class FolderProgress(BaseModel):
     total: int = 0
     done: int = 0
     failed: int = 0                  # messages stored raw but flagged unparseable
-    bytes: int = 0
+    bytes: int = 0                   # downloaded: bodies, plus header blocks when matching stored ones
+    reused: int = 0                  # messages placed from bodies already stored
     error: str | None = None
     updated_at: datetime | None = None
 
@@ -131,6 +135,7 @@ class FolderSyncInput(BaseModel):
     parent_workflow_id: str
     tuning: SyncTuning = Field(default_factory=SyncTuning)
     state: FolderState | None = None
+    reuse_bodies: bool = False       # a rebuild: the account may already hold these messages
 
 
 class FolderSyncResult(BaseModel):
@@ -170,6 +175,8 @@ class FolderChanges(BaseModel):
     updated: int = 0
     expunged: int = 0
     rebuilt: bool = False            # UIDVALIDITY changed, or the folder is new: mirrored from scratch
+    reused: int = 0                  # of a rebuild: messages matched to stored bodies, not downloaded
+    downloaded_bytes: int = 0
     error: str | None = None
 
 

@@ -44,6 +44,7 @@ from providers.imap.settings import ImapSettings, Security
 T = TypeVar("T")
 
 FETCH_ITEMS = "(UID FLAGS INTERNALDATE RFC822.SIZE BODY.PEEK[])"
+HEADER_ITEMS = "(UID FLAGS INTERNALDATE RFC822.SIZE BODY.PEEK[HEADER])"
 # RFC 2177: servers may drop a client idle for 30 minutes, so IDLE is re-issued at least every 29.
 IDLE_MAX_SECONDS = 29 * 60.0
 _NETWORK_ERRORS = (OSError, asyncio.TimeoutError, ssl.SSLError, aioimaplib.CommandTimeout, aioimaplib.Abort)
@@ -268,6 +269,15 @@ class ImapSession:
         # aioimaplib's own timeout is per command; ours bounds the wait for the connection to drop.
         response = await self._guard(
             self.client.uid("fetch", uid_set(uids), FETCH_ITEMS), self._timeout * 10, "UID FETCH"
+        )
+        return parse_fetch(self._check(response, "UID FETCH").lines)
+
+    async def fetch_headers(self, uids: list[int]) -> list[FetchedMessage]:
+        """Header blocks only (`raw` holds them), with flags, INTERNALDATE and the full size."""
+        if not uids:
+            return []
+        response = await self._guard(
+            self.client.uid("fetch", uid_set(uids), HEADER_ITEMS), self._timeout * 10, "UID FETCH"
         )
         return parse_fetch(self._check(response, "UID FETCH").lines)
 

@@ -19,6 +19,7 @@ _EXISTS_RE = re.compile(rb"^(\d+) EXISTS$")
 _FETCH_UID_RE = re.compile(rb"\bUID (\d+)")
 _FETCH_FLAGS_RE = re.compile(rb"\bFLAGS \(([^)]*)\)")
 _FETCH_DATE_RE = re.compile(rb'\bINTERNALDATE "([^"]+)"')
+_FETCH_SIZE_RE = re.compile(rb"\bRFC822\.SIZE (\d+)")
 _FETCH_HEAD_RE = re.compile(rb"^\d+ FETCH \(")
 _FETCH_MODSEQ_RE = re.compile(rb"\bMODSEQ \((\d+)\)")
 _VANISHED_RE = re.compile(rb"^VANISHED (?:\(EARLIER\) )?([0-9:,]+)\s*$")
@@ -144,11 +145,13 @@ def parse_fetch(lines: list[bytes | bytearray]) -> list[FetchedMessage]:
         if uid is not None:
             flags = _FETCH_FLAGS_RE.search(meta)
             date = _FETCH_DATE_RE.search(meta)
+            size = _FETCH_SIZE_RE.search(meta)
             out.append(FetchedMessage(
                 uid=int(uid.group(1)),
                 raw=raw,
                 flags=sorted(f for f in (flags.group(1).decode().split() if flags else []) if f != "\\Recent"),
                 internaldate=parse_internaldate(date.group(1)) if date else None,
+                size=int(size.group(1)) if size else None,
             ))
         i += 3
     return out

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import sys
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -306,7 +307,7 @@ async def _follow(handle: Any) -> None:
             await asyncio.sleep(0.5)
 
 
-_SETTLED = ("idle", "syncing", "paused", "completed", "auth_failed", "failed")
+_SETTLED = ("idle", "syncing", "backfill", "paused", "completed", "auth_failed", "failed")
 
 
 @sync_app.command("start")
@@ -316,6 +317,9 @@ def sync_start(
     follow: bool = typer.Option(False, help="show live progress bars per folder"),
     once: bool = typer.Option(False, help="one-shot mirror: the workflow ends after the initial sync "
                               "(default: it stays and keeps the account current)"),
+    since: str | None = typer.Option(None, help="sync mail received since then first (30d, 6m, 1y or "
+                                     "2024-01-31), report the account usable, then backfill older mail"),
+    window: str = typer.Option("all", help="how far back to mirror at all: all, or 1y, 90d, a date"),
 ) -> None:
     """Start the account's sync workflow, or attach to the one already running."""
 
@@ -329,11 +333,17 @@ def sync_start(
         from workflows.policies import failure_message
 
         settings = get_settings()
+        window_start = _day_option("--window", window)
+        first = _day_option("--since", since) if since else window_start
+        if window_start and first and first < window_start:
+            raise CliError("--since reaches further back than --window")
         account_id = await _account_id(settings, account)
         client = await connect(settings)
         handle = await client.start_workflow(
             AccountSyncWorkflow.run,
-            AccountSyncInput(account_id=account_id, tuning=settings.tuning(), live=not once),
+            AccountSyncInput(
+                account_id=account_id, tuning=settings.tuning(), live=not once, since=first, window_start=window_start,
+            ),
             id=account_workflow_id(account_id), task_queue=settings.task_queue,
             id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
@@ -355,6 +365,21 @@ def sync_start(
         return 0
 
     run(body)
+
+
+def _day_option(option: str, text: str) -> date | None:
+    """`all` → None; `30d`, `6w`, `6m`, `1y` → that long ago (UTC); `2024-01-31` → that day."""
+    text = text.strip().lower()
+    if text == "all":
+        return None
+    match = re.fullmatch(r"(\d+)\s*([dwmy])", text)
+    if match:
+        days = int(match.group(1)) * {"d": 1, "w": 7, "m": 30, "y": 365}[match.group(2)]
+        return (datetime.now(timezone.utc) - timedelta(days=days)).date()
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise CliError(f"{option} {text!r}: use all, a duration like 30d / 6m / 1y, or a date like 2024-01-31") from None
 
 
 def _control(name: str, doc: str) -> None:

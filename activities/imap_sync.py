@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from contextlib import suppress
+from datetime import date
 
 from temporalio import activity
 
@@ -23,6 +24,7 @@ from workflows.models import (
 
 # Folders a user reads first come first; the rest follow by name.
 _ROLE_ORDER = {"inbox": 0, "sent": 1, "archive": 2, "drafts": 3, "flagged": 4}
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 _HEARTBEAT_EVERY_S = 5.0
 _WRITES_IN_FLIGHT = 3
 
@@ -34,6 +36,20 @@ def _pages_newest_first(uids: list[int], page_size: int) -> list[UidRange]:
         chunk = ordered[i : i + page_size]
         pages.append(UidRange(lo=chunk[-1], hi=chunk[0], count=len(chunk)))
     return pages
+
+
+def _imap_date(d: date) -> str:
+    return f"{d.day}-{_MONTHS[d.month - 1]}-{d.year}"  # RFC 3501 date: month names, not the locale's
+
+
+def _window_criteria(inp: PlanPagesInput) -> str:
+    """SEARCH criteria for a backfill window on INTERNALDATE: SINCE is inclusive, BEFORE exclusive."""
+    parts = []
+    if inp.since is not None:
+        parts.append(f"SINCE {_imap_date(inp.since)}")
+    if inp.before is not None:
+        parts.append(f"BEFORE {_imap_date(inp.before)}")
+    return " ".join(parts) or "ALL"
 
 
 class ImapActivities:
@@ -64,7 +80,8 @@ class ImapActivities:
                     raise UidValidityChanged(
                         f"{inp.folder.name}: UIDVALIDITY {inp.expected_uidvalidity} -> {status.uidvalidity}"
                     )
-                uids = await session.uid_search_all() if status.messages else []
+                uids = await session.uid_search(_window_criteria(inp)) if status.messages else []
+            matching = len(uids)
             if inp.below_uid is not None:
                 uids = [u for u in uids if u < inp.below_uid]
             pages = _pages_newest_first(uids, inp.page_size)
@@ -79,7 +96,8 @@ class ImapActivities:
                 )
             return PlanPagesResult(
                 uidvalidity=status.uidvalidity, uidnext=status.uidnext, highestmodseq=status.highestmodseq,
-                exists=status.messages, pages=pages, more_below=more_below, stale_locations_removed=removed,
+                exists=status.messages, matching=matching, pages=pages, more_below=more_below,
+                stale_locations_removed=removed,
             )
 
     @activity.defn

@@ -362,3 +362,51 @@ async def test_account_remove_stops_the_sync_and_deletes_the_mirror(
     for table in ("accounts", "messages", "message_bodies", "message_locations", "folders", "sync_history"):
         column = "id" if table == "accounts" else "account_id"
         assert await pool.fetchval(f"SELECT count(*) FROM {table} WHERE {column} = $1", account.id) == 0, table
+
+
+def _search_count(account: TestAccount, criteria: str) -> int:
+    c = account.imap()
+    try:
+        total = 0
+        for line in c.list()[1]:
+            name = line.decode().rsplit(' "/" ', 1)[-1].strip('"')
+            c.select(f'"{name}"', readonly=True)
+            total += len(c.uid("SEARCH", None, criteria)[1][0].split())
+        return total
+    finally:
+        c.logout()
+
+
+async def test_recent_window_first_then_backfill_in_the_background(
+    make_account: AccountFactory, pool: asyncpg.Pool, client: Client, cli_env: dict[str, str],
+) -> None:
+    seeded = corpus(240, seed=39, folders=("INBOX", "Archive"))
+    account = await make_account(seeded)
+    dates = sorted(m.internaldate.date() for m in seeded)
+    since, window = dates[2 * len(dates) // 3], dates[len(dates) // 4]
+    imap_day = lambda d: f"{d.day}-{d.strftime('%b')}-{d.year}"  # noqa: E731
+
+    started = await run_cli(
+        cli_env, "sync", "start", account.id, "--wait", "--since", since.isoformat(), "--window", window.isoformat())
+    assert started.returncode == 0, started.stderr
+    handle = client.get_workflow_handle(account_workflow_id(account.id))
+    p = await progress(handle)
+    assert p.phase in (AccountPhase.backfill, AccountPhase.idle, AccountPhase.syncing)
+    recent = _search_count(account, f"SINCE {imap_day(since)}")
+    stored_at_usable = await pool.fetchval(
+        "SELECT count(*) FROM message_locations WHERE account_id = $1", account.id)
+    assert stored_at_usable >= recent  # the recent window is complete when the account is reported usable
+
+    async def backfilled() -> bool:
+        return (await progress(handle)).phase == AccountPhase.idle and (await progress(handle)).backfill_pending == 0
+
+    assert await until(backfilled, timeout=60)
+    children = [w async for w in client.list_workflows(
+        f"WorkflowId STARTS_WITH '{account_workflow_id(account.id)}/backfill/'")]
+    assert len(children) == 2  # one backfill per folder, run beside the live loop
+    in_window = _search_count(account, f"SINCE {imap_day(window)}")
+    stored = await pool.fetchval("SELECT count(*) FROM message_locations WHERE account_id = $1", account.id)
+    assert stored == in_window < len(seeded)  # nothing older than the window
+    report = await verify(pool, account)
+    assert all(f.extra == 0 and f.mismatched == 0 and f.flag_differences == 0 for f in report.folders)
+    assert report.totals().missing == len(seeded) - in_window

@@ -10,9 +10,10 @@ checkpoint. Auth failures park the account in `auth_failed` until `credentials_u
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from datetime import date, timedelta
 
 from temporalio import workflow
+from temporalio.workflow import ParentClosePolicy
 from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
 
 with workflow.unsafe.imports_passed_through():
@@ -32,6 +33,7 @@ with workflow.unsafe.imports_passed_through():
     )
 
 _AUTH_TYPES = ("AuthError", "AccountNotFound", "SecretKeyError")
+BACKFILL_SIGNAL = "backfill_progress"
 _KEEP_RESULTS = 20
 
 
@@ -59,6 +61,8 @@ class AccountSyncWorkflow:
         self._account_id = inp.account_id
         self._tuning = inp.tuning
         self._published: AccountPhase | None = None
+        self._backfill: dict[str, FolderProgress] = {}
+        self._backfill_changed = False
 
     # ---- queries, signals, updates -------------------------------------------------------------
 
@@ -83,6 +87,8 @@ class AccountSyncWorkflow:
         p.last_error = self._auth_error or (errors[-1] if errors else p.last_error)
         st = self._st
         p.passes, p.last_pass, p.runs = st.passes, st.last_pass, st.runs
+        p.backfill = list(self._backfill.values())
+        p.backfill_pending = len(st.backfill_queue) + len(st.backfill_running)
         p.total_new, p.total_updated, p.total_expunged = st.total_new, st.total_updated, st.total_expunged
         if st.last_pass and st.last_pass.finished_at:
             p.lag_seconds = round(max(0.0, (workflow.now() - st.last_pass.finished_at).total_seconds()), 1)
@@ -183,17 +189,23 @@ class AccountSyncWorkflow:
             st.cursors.setdefault(f.folder_id, FolderCursor(folder=f))
         self._publish(AccountPhase.initial)
         todo = [c.folder for c in st.cursors.values() if not c.mirrored]
-        await self._mirror_folders(inp, todo)
+        await self._mirror_folders(inp, todo, since=inp.since)
         if self._auth_error:
             raise _AuthFailed()
         failed = [f for f in self._folders.values() if f.phase == FolderPhase.failed]
         st.initial_done = True
+        if inp.since is not None and (inp.window_start is None or inp.window_start < inp.since):
+            # usable now; the older mail follows in the background, newest first
+            st.backfill_queue = [c.folder for c in st.cursors.values() if c.mirrored]
+            st.backfill_since, st.backfill_before = inp.window_start, inp.since
         await self._set_status(inp.account_id, "active", f"{len(failed)} folder(s) failed" if failed else None)
 
-    async def _mirror_folders(self, inp: AccountSyncInput, folders: list[FolderRef]) -> list[FolderSyncResult]:
+    async def _mirror_folders(
+        self, inp: AccountSyncInput, folders: list[FolderRef], since: date | None = None
+    ) -> list[FolderSyncResult]:
         """Full mirror of these folders (initial, new folder, UIDVALIDITY change), bounded fan-out."""
         slots = asyncio.Semaphore(max(1, inp.tuning.connection_limit))
-        results = await asyncio.gather(*(self._sync_folder(inp, f, slots) for f in folders))
+        results = await asyncio.gather(*(self._sync_folder(inp, f, slots, since) for f in folders))
         done = [r for r in results if r is not None]
         for r in done:
             cursor = self._st.cursors.get(r.folder.folder_id)
@@ -235,14 +247,15 @@ class AccountSyncWorkflow:
             except _AuthFailed:
                 continue
             passes_this_run += 1
-            self._publish(AccountPhase.idle)
+            await self._launch_backfills(inp)
+            self._publish(AccountPhase.backfill if st.backfill_queue or st.backfill_running else AccountPhase.idle)
             if passes_this_run >= inp.tuning.passes_per_run:
                 continue
             self._ensure_watch(inp)
             try:
                 await workflow.wait_condition(
                     lambda: st.changed or st.paused or st.resync or self._auth_error is not None
-                    or (self._watch is not None and self._watch.done()),
+                    or (self._watch is not None and self._watch.done()) or self._backfill_changed,
                     timeout=timedelta(seconds=inp.tuning.poll_seconds),
                 )
             except asyncio.TimeoutError:
@@ -362,6 +375,39 @@ class AccountSyncWorkflow:
         self._st.last_pass = result
         self._results[result.seq] = result
 
+    # ---- backfill -------------------------------------------------------------------------------
+
+    @workflow.signal(name=BACKFILL_SIGNAL)
+    def backfill_progress(self, update: FolderProgress) -> None:
+        self._backfill[update.name] = update
+        if update.phase in (FolderPhase.done, FolderPhase.failed) and update.name in self._st.backfill_running:
+            self._st.backfill_running.remove(update.name)
+            self._backfill_changed = True
+
+    async def _launch_backfills(self, inp: AccountSyncInput) -> None:
+        """Older mail, folder by folder, beside the live loop: one connection stays for the passes.
+
+        The children are abandoned on continue-as-new and keep running; they report to the account
+        workflow's id, so the next run hears them finish.
+        """
+        st = self._st
+        self._backfill_changed = False
+        while st.backfill_queue and len(st.backfill_running) < max(1, inp.tuning.connection_limit - 1):
+            folder = st.backfill_queue.pop(0)
+            if folder.folder_id not in st.cursors:
+                continue  # deleted on the server since
+            st.backfill_running.append(folder.name)
+            await workflow.start_child_workflow(
+                FolderSyncWorkflow.run,
+                FolderSyncInput(
+                    account_id=inp.account_id, folder=folder, parent_workflow_id=workflow.info().workflow_id,
+                    tuning=inp.tuning, since=st.backfill_since, before=st.backfill_before,
+                    progress_signal=BACKFILL_SIGNAL,
+                ),
+                id=f"{workflow.info().workflow_id}/backfill/{folder.folder_id}",
+                parent_close_policy=ParentClosePolicy.ABANDON,
+            )
+
     # ---- the IDLE watcher -----------------------------------------------------------------------
 
     def _ensure_watch(self, inp: AccountSyncInput) -> None:
@@ -462,7 +508,7 @@ class AccountSyncWorkflow:
                 await workflow.sleep(PAUSE_AFTER_EXHAUSTED)
 
     async def _sync_folder(
-        self, inp: AccountSyncInput, folder: FolderRef, slots: asyncio.Semaphore
+        self, inp: AccountSyncInput, folder: FolderRef, slots: asyncio.Semaphore, since: date | None = None
     ) -> FolderSyncResult | None:
         async with slots:
             if self._auth_error:  # no point logging in again with a password the server just refused
@@ -472,7 +518,7 @@ class AccountSyncWorkflow:
                     FolderSyncWorkflow.run,
                     FolderSyncInput(
                         account_id=inp.account_id, folder=folder, parent_workflow_id=workflow.info().workflow_id,
-                        tuning=inp.tuning, reuse_bodies=self._st.initial_done,
+                        tuning=inp.tuning, reuse_bodies=self._st.initial_done, since=since,
                     ),
                     id=f"{workflow.info().workflow_id}/folder/{folder.folder_id}",
                 )

@@ -91,12 +91,13 @@ class FolderSyncWorkflow:
             PlanPagesInput(
                 account_id=inp.account_id, folder=inp.folder, expected_uidvalidity=st.uidvalidity,
                 below_uid=st.more_below if st.planned else None, page_size=inp.tuning.page_size,
+                since=inp.since, before=inp.before,
             ),
             SHORT_TIMEOUT, None, inp,
         )
         if not st.planned:
             st.uidvalidity, st.uidnext, st.highestmodseq = plan.uidvalidity, plan.uidnext, plan.highestmodseq
-            st.progress.total = plan.exists
+            st.progress.total = plan.matching
             st.planned = True
         st.pending.extend(plan.pages)
         st.more_below = plan.more_below
@@ -143,7 +144,7 @@ class FolderSyncWorkflow:
         self._last_report = now
         self._state.progress.updated_at = now
         handle = workflow.get_external_workflow_handle(inp.parent_workflow_id)
-        await handle.signal(PROGRESS_SIGNAL, self._state.progress)
+        await handle.signal(inp.progress_signal, self._state.progress)
 
 
 class _FolderGone(Exception):

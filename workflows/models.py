@@ -5,7 +5,7 @@ These cross Temporal as JSON, so they hold ids, cursors and counts only: no mess
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from enum import Enum
 
 from pydantic import BaseModel, Field
@@ -57,6 +57,8 @@ class PlanPagesInput(BaseModel):
     below_uid: int | None = None     # plan only UIDs lower than this (None: from the top)
     page_size: int = 500
     max_pages: int = 200
+    since: date | None = None        # window on INTERNALDATE: on or after this day
+    before: date | None = None       # and before this day
 
 
 class PlanPagesResult(BaseModel):
@@ -64,6 +66,7 @@ class PlanPagesResult(BaseModel):
     uidnext: int | None
     highestmodseq: int | None
     exists: int
+    matching: int = 0                # UIDs in the window (all of them without one)
     pages: list[UidRange]
     more_below: int | None = None    # lowest UID planned, when older UIDs remain to plan
     stale_locations_removed: int = 0
@@ -136,6 +139,9 @@ class FolderSyncInput(BaseModel):
     tuning: SyncTuning = Field(default_factory=SyncTuning)
     state: FolderState | None = None
     reuse_bodies: bool = False       # a rebuild: the account may already hold these messages
+    since: date | None = None        # window on INTERNALDATE (see PlanPagesInput)
+    before: date | None = None
+    progress_signal: str = "folder_progress"
 
 
 class FolderSyncResult(BaseModel):
@@ -150,6 +156,7 @@ class AccountPhase(str, Enum):
     starting = "starting"
     discovering = "discovering"
     initial = "initial"
+    backfill = "backfill"            # usable: the recent window is mirrored, older mail follows
     completed = "completed"          # a one-shot (`live=False`) sync finished
     idle = "idle"                    # mirror current, waiting for a change or the poll interval
     syncing = "syncing"              # an incremental pass is running
@@ -219,6 +226,10 @@ class AccountState(BaseModel):
     changed: bool = False            # a mailbox_changed arrived since the last pass started
     resync: bool = False
     started_at: datetime | None = None
+    backfill_queue: list[FolderRef] = Field(default_factory=list)
+    backfill_running: list[str] = Field(default_factory=list)   # folder names
+    backfill_since: date | None = None
+    backfill_before: date | None = None
 
 
 class MailboxChanged(BaseModel):
@@ -237,6 +248,8 @@ class AccountSyncInput(BaseModel):
     account_id: str
     tuning: SyncTuning = Field(default_factory=SyncTuning)
     live: bool = True                # False: one-shot mirror, the workflow ends after the initial sync
+    since: date | None = None        # initial sync of mail received on or after this day first...
+    window_start: date | None = None # ...then backfill down to this day (None: all history)
     state: AccountState | None = None
 
 
@@ -261,12 +274,15 @@ class AccountProgress(BaseModel):
     total_updated: int = 0
     total_expunged: int = 0
     runs: int = 1
+    backfill: list[FolderProgress] = Field(default_factory=list)
+    backfill_pending: int = 0        # folders whose older mail is still being fetched
 
     @property
     def percent(self) -> float:
         if self.total:
             return 100.0 * self.done / self.total
-        return 100.0 if self.phase in (AccountPhase.completed, AccountPhase.idle, AccountPhase.syncing) else 0.0
+        settled = (AccountPhase.completed, AccountPhase.idle, AccountPhase.syncing, AccountPhase.backfill)
+        return 100.0 if self.phase in settled else 0.0
 
 
 class AccountSyncResult(BaseModel):

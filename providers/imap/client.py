@@ -259,6 +259,11 @@ class ImapSession:
         self.selected = name
         return status
 
+    async def uid_search(self, criteria: str) -> list[int]:
+        """UIDs matching an IMAP SEARCH criteria string, e.g. `SINCE 1-Feb-2024 BEFORE 1-Mar-2024`."""
+        response = await self._guard(self.client.uid_search(criteria, charset=None), self._timeout, "UID SEARCH")
+        return parse_search(self._check(response, "UID SEARCH").lines)
+
     async def uid_search_all(self) -> list[int]:
         response = await self._guard(self.client.uid_search("ALL", charset=None), self._timeout, "UID SEARCH")
         return parse_search(self._check(response, "UID SEARCH").lines)

@@ -33,8 +33,10 @@ demo: install dovecot
 bench: install dovecot
 	$(BIN)/python bench/initial_sync.py
 
+# Stops what `make demo` / `mailsync dev up` left running: the demo's worker and Dovecot, Temporal, PostgreSQL.
 down:
-	$(BIN)/mailsync dev down
+	@if [ -x $(BIN)/mailsync ]; then $(BIN)/mailsync dev down; \
+	else echo "no $(VENV) here, so nothing was started from this checkout"; fi
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -11,6 +11,7 @@ per user, so tests do not eat into each other's windows.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import itertools
 import json
@@ -402,6 +403,27 @@ async def test_batch_raw_fetch_is_byte_exact_and_absorbs_429_parts(fake: GmailFa
     assert result.batches >= 3  # 120 ids need two batches of ≤ 100, plus retries
 
 
+async def test_iter_raw_messages_yields_batches_as_they_complete(fake: GmailFake) -> None:
+    user = new_user(fake)
+    ids = fake.seed(user, 30, seed=49)
+    async with session_for(fake, user, bucket=TokenBucket.for_quota(250), max_concurrency=2) as gmail:
+        size = gmail.batch_size("messages.get")
+        seen: list[str] = []
+        async for batch in gmail.iter_raw_messages(ids):
+            assert 1 <= len(batch.messages) <= size and batch.batches == 1 and not batch.missing
+            assert [m.id for m in batch.messages] == [i for i in ids if i in {m.id for m in batch.messages}]
+            seen += [m.id for m in batch.messages]
+        assert sorted(seen) == sorted(ids)
+
+        # Leaving early stops the workers: no more batches are sent than were in flight.
+        fake.reset_stats()
+        async with contextlib.aclosing(gmail.iter_raw_messages(ids)) as batches:
+            async for _first in batches:
+                break
+        await asyncio.sleep(0.5)  # a request already handed to a thread still lands; nothing after it
+        assert fake.stats(user).calls["messages.get"] <= 2 * size < len(ids)
+
+
 async def test_history_after_mutations_is_typed(fake: GmailFake) -> None:
     user = new_user(fake)
     first, second, third = (
@@ -522,7 +544,7 @@ async def test_forced_429_burst_is_absorbed_and_the_bucket_adapts(fake: GmailFak
         assert labels and time.monotonic() - started >= 2.0  # waited Retry-After (1 s) twice
         # Halved per 429 (the retry, a second later, was refused too).
         assert bucket.cuts == [(full, full / 2), (full / 2, full / 4)]
-        assert full / 4 <= bucket.rate < full / 2  # and recovering since
+        assert full / 4 <= bucket.rate < full * 0.75  # recovering since the success, not yet recovered
 
         fake.force_rate_limit(3, user=user)  # three parts of the next batch answered 429
         result = await gmail.get_raw_messages(ids)
@@ -569,9 +591,11 @@ async def test_sustained_fetch_with_the_bucket_never_exceeds_the_quota(fake: Gma
     assert stats.max_units_in_window <= 250 and stats.total_units == 200 * 5
     assert [m.id for m in result.messages] == ids
     assert all(m.sha256 == sha(fake.message(user, m.id).raw) for m in result.messages)
-    # Paced, not starved: (1000 units - burst) at the bucket's rate, plus transfer time.
+    # Paced, not starved: the bucket waited about (1000 units - burst) / rate in all, no more (its own
+    # account, so a loaded machine's slower transfers do not make this flaky), and the fetch took that long.
     floor = (1000 - bucket.burst) / bucket.configured_rate
-    assert floor - 0.1 <= elapsed <= floor * 1.5 + 1.0
+    assert bucket.waited_seconds <= floor + 0.05
+    assert floor - 0.1 <= elapsed <= floor * 3
     assert result.batches == math.ceil(200 / gmail.batch_size("messages.get"))
 
 

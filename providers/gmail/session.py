@@ -27,8 +27,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
@@ -65,6 +67,17 @@ MAX_BATCH_PARTS = 100  # Gmail refuses larger batches (and advises against more 
 MAX_PAGE_SIZE = 500
 
 RequestFactory = Callable[[], HttpRequest]
+
+
+@dataclass(slots=True)
+class _BatchOutcome:
+    """One batch's answers (by request key), its 404 keys and what it took (batches sent, parts resent)."""
+
+    keys: list[str]
+    answers: dict[str, Any] = field(default_factory=dict)
+    missing: list[str] = field(default_factory=list)
+    batches: int = 0
+    retried_parts: int = 0
 
 
 def _b64url_decode(data: str) -> bytes:
@@ -243,7 +256,7 @@ class GmailSession:
         return answers
 
     async def _batch(
-        self, method: str, parts: dict[str, RequestFactory], result: RawFetchResult | None = None
+        self, method: str, parts: dict[str, RequestFactory], counters: _BatchOutcome | None = None
     ) -> tuple[dict[str, Any], list[str]]:
         """Run one batch of `method` calls keyed by request id; returns (answers, keys answered 404).
 
@@ -267,8 +280,8 @@ class GmailSession:
                     rounds += 1
                     continue
                 raise error from exc
-            if result is not None:
-                result.batches += 1
+            if counters is not None:
+                counters.batches += 1
             retry: dict[str, RequestFactory] = {}
             rate_limit: RateLimited | None = None
             server_error: ProviderError | None = None
@@ -300,8 +313,8 @@ class GmailSession:
                 # Some parts went through: the server is serving, just not all at once. Only rounds that
                 # achieve nothing count toward giving up, or a large fetch without a bucket would fail.
                 rounds = 0
-            if result is not None:
-                result.retried_parts += len(retry)
+            if counters is not None:
+                counters.retried_parts += len(retry)
             if rate_limit is not None:
                 if not await self._rate_limited(rate_limit, rounds):
                     raise rate_limit
@@ -314,36 +327,61 @@ class GmailSession:
             pending = retry
         return done, missing
 
-    async def _batched(
-        self,
-        method: str,
-        keys: Sequence[str],
-        make: Callable[[str], RequestFactory],
-        result: RawFetchResult | None = None,
-    ) -> tuple[dict[str, Any], list[str]]:
-        """Split `keys` into batches sized for `method` and run them concurrently (bounded by the slots)."""
+    async def _stream(
+        self, method: str, keys: Sequence[str], make: Callable[[str], RequestFactory]
+    ) -> AsyncIterator[_BatchOutcome]:
+        """Split `keys` into batches sized for `method`; yield each batch's outcome as it completes.
+
+        At most `max_concurrency` batches are in flight (workers pull the next chunk when done), so a
+        long id list costs a few tasks, not one per batch. The first failure is raised after the other
+        workers are cancelled: once one batch has failed (e.g. AuthExpired) the rest would fail too.
+        Close the generator (`contextlib.aclosing`) when leaving it early, so its workers stop.
+        """
         size = self.batch_size(method)
         chunks = [keys[i : i + size] for i in range(0, len(keys), size)]
+        if not chunks:
+            return
+        await self.open()
+        queue: asyncio.Queue[_BatchOutcome | BaseException] = asyncio.Queue()
+        pending = iter(chunks)  # shared by the workers: each chunk is taken exactly once
 
-        async def run(chunk: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
-            return await self._batch(method, {key: make(key) for key in chunk}, result)
+        async def worker() -> None:
+            try:
+                for chunk in pending:
+                    outcome = _BatchOutcome(list(chunk))
+                    outcome.answers, outcome.missing = await self._batch(
+                        method, {key: make(key) for key in chunk}, outcome
+                    )
+                    queue.put_nowait(outcome)
+            except Exception as exc:  # noqa: BLE001 - handed to the consumer, which raises it
+                queue.put_nowait(exc)
 
+        workers = [asyncio.create_task(worker()) for _ in range(min(self._max_concurrency, len(chunks)))]
+        try:
+            for _ in chunks:
+                item = await queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            for task in workers:
+                task.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+
+    async def _batched(
+        self, method: str, keys: Sequence[str], make: Callable[[str], RequestFactory]
+    ) -> tuple[dict[str, Any], list[str], int, int]:
+        """Every batch of `_stream`, merged: (answers, keys answered 404, batches sent, parts retried)."""
         done: dict[str, Any] = {}
         missing: list[str] = []
-        # A TaskGroup cancels the sibling batches when one fails (e.g. AuthExpired): no point going on.
-        try:
-            async with asyncio.TaskGroup() as group:
-                tasks = [group.create_task(run(chunk)) for chunk in chunks]
-        except BaseExceptionGroup as group_error:
-            errors = [e for e in group_error.exceptions if isinstance(e, ProviderError)]
-            # Prefer the error that decides the account's fate (auth) over transient ones.
-            errors.sort(key=lambda e: e.retryable)
-            raise (errors[0] if errors else group_error.exceptions[0]) from None
-        for task in tasks:
-            answers, gone = task.result()
-            done.update(answers)
-            missing.extend(gone)
-        return done, missing
+        batches = retried = 0
+        async with contextlib.aclosing(self._stream(method, keys, make)) as outcomes:
+            async for outcome in outcomes:
+                done.update(outcome.answers)
+                missing.extend(outcome.missing)
+                batches += outcome.batches
+                retried += outcome.retried_parts
+        return done, missing, batches, retried
 
     # API ---------------------------------------------------------------------
 
@@ -357,7 +395,7 @@ class GmailSession:
         listed = [GmailLabel.from_api(item) for item in data.get("labels") or ()]
         if not with_counts or not listed:
             return listed
-        detailed, _gone = await self._batched(
+        detailed, _gone, _, _ = await self._batched(
             "labels.get",
             [label.id for label in listed],
             lambda label_id: lambda: self._labels.get(userId="me", id=label_id),
@@ -422,7 +460,7 @@ class GmailSession:
         keys = list(dict.fromkeys(thread_ids))
         if not keys:
             return {}
-        answers, _gone = await self._batched(
+        answers, _gone, _, _ = await self._batched(
             "threads.get",
             keys,
             lambda thread_id: lambda: self._threads.get(userId="me", id=thread_id, format="minimal"),
@@ -433,22 +471,45 @@ class GmailSession:
             if thread_id in answers
         }
 
+    @staticmethod
+    def _raw_request(messages: Any, message_id: str) -> RequestFactory:
+        return lambda: messages.get(userId="me", id=message_id, format="raw")
+
     async def get_raw_messages(self, message_ids: Iterable[str]) -> RawFetchResult:
         """Raw messages (exact bytes) in request order; ids the server answers 404 for go to `missing`."""
         keys = list(dict.fromkeys(message_ids))
         result = RawFetchResult()
         if not keys:
             return result
-        answers, missing = await self._batched(
-            "messages.get",
-            keys,
-            lambda message_id: lambda: self._messages.get(userId="me", id=message_id, format="raw"),
-            result,
+        await self.open()
+        answers, missing, result.batches, result.retried_parts = await self._batched(
+            "messages.get", keys, lambda message_id: self._raw_request(self._messages, message_id)
         )
         result.messages = [_message_from_api(answers[key]) for key in keys if key in answers]
         gone = set(missing)
         result.missing = [key for key in keys if key in gone]
         return result
+
+    async def iter_raw_messages(self, message_ids: Iterable[str]) -> AsyncIterator[RawFetchResult]:
+        """`get_raw_messages` batch by batch, as each completes: persist and heartbeat while the rest fetch.
+
+        Each yielded result holds one batch (messages in that batch's request order, its 404s, its
+        retries); batches arrive in completion order. Wrap in `contextlib.aclosing` if you may stop early.
+        """
+        keys = list(dict.fromkeys(message_ids))
+        if not keys:
+            return
+        await self.open()
+        stream = self._stream("messages.get", keys, lambda message_id: self._raw_request(self._messages, message_id))
+        async with contextlib.aclosing(stream) as outcomes:
+            async for outcome in outcomes:
+                gone = set(outcome.missing)
+                yield RawFetchResult(
+                    messages=[_message_from_api(outcome.answers[k]) for k in outcome.keys if k in outcome.answers],
+                    missing=[k for k in outcome.keys if k in gone],
+                    retried_parts=outcome.retried_parts,
+                    batches=outcome.batches,
+                )
 
     async def history(
         self,

@@ -27,7 +27,7 @@ from rich.table import Table
 
 from config import Settings, get_settings
 from devkit.corpus import generate_sample_mailbox
-from devkit.dovecot import DovecotNotInstalled, DovecotServer, start_dovecot
+from devkit.dovecot import DovecotNotInstalled, DovecotServer, find_dovecot, start_dovecot
 from runtime.dev import DevServices, dev_up, register_process, registered_processes, stop_registered
 from store.db import create_pool, resolve_database_url
 from store.migrate import migrate
@@ -223,6 +223,13 @@ def print_next_steps(settings: Settings, services: DevServices, dsn: str, doveco
 def main() -> int:
     settings = get_settings()
     console.rule("[bold]mailsync demo")
+    try:  # checked first, so that nothing is started for a demo that cannot run
+        find_dovecot()
+        if os.geteuid() != 0:
+            raise PermissionError("the demo's private Dovecot runs as root: run `make demo` as root")
+    except (DovecotNotInstalled, PermissionError) as exc:
+        console.print(f"[red]cannot run the demo:[/red] {exc}")
+        return 1
     previous = stop_registered(settings, DEMO_HELPERS)
     if previous:
         console.print(f"stopped the previous demo's {', '.join(previous)}")

@@ -29,6 +29,8 @@ _FLAG_PAGE = 2000
 
 
 def _moved(cursor: FolderCursor, status: FolderStatus) -> bool:
+    if status.highestmodseq is None:
+        return True  # without CONDSTORE a flag change moves no counter: only a diff can find it
     return (
         status.uidvalidity != cursor.uidvalidity
         or status.uidnext != cursor.uidnext

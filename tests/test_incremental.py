@@ -6,6 +6,7 @@ Real Dovecot (changed by a second client, stdlib imaplib), real Temporal dev ser
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import imaplib
 import tempfile
 import time
@@ -410,3 +411,63 @@ async def test_recent_window_first_then_backfill_in_the_background(
     report = await verify(pool, account)
     assert all(f.extra == 0 and f.mismatched == 0 and f.flag_differences == 0 for f in report.folders)
     assert report.totals().missing == len(seeded) - in_window
+
+
+async def test_dropped_idle_connection_is_reestablished(
+    make_account: AccountFactory, dovecot: DovecotServer, pool: asyncpg.Pool, client: Client,
+) -> None:
+    with ChaosProxy(dovecot.host, dovecot.port) as proxy:
+        account = await make_account(corpus(20, seed=40), port=proxy.port)
+        handle = await start_live(client, account.id, LIVE.model_copy(update={"watch": True}))
+        await until(lambda: _phase_is(handle, AccountPhase.idle))
+        assert await until(lambda: _async(proxy.active >= 1))  # the watcher's IDLE connection
+        await asyncio.sleep(0.5)
+        before = proxy.connections
+        dropped = proxy.drop_connections()
+        assert dropped >= 1
+        # re-established after the retry backoff (1 s doubling, jittered)
+        assert await until(lambda: _async(proxy.connections > before and proxy.active >= 1), timeout=15)
+        await asyncio.sleep(1.0)
+        account.port = dovecot.port
+        c = account.imap()
+        try:
+            c.append("INBOX", None, None, new_message(500))
+        finally:
+            c.logout()
+
+        async def arrived() -> bool:
+            return await pool.fetchval(
+                "SELECT count(*) FROM messages WHERE account_id = $1 AND subject = 'fresh message 500'",
+                account.id) == 1
+
+        assert await until(arrived, timeout=10)
+        await assert_identical(pool, account)
+
+
+async def _async(value: bool) -> bool:
+    return value
+
+
+@pytest.mark.parametrize("server", ["condstore", "plain"])
+async def test_mark_all_read_on_a_large_folder(
+    server: str, dovecot: DovecotServer, plain_dovecot: DovecotServer, pool: asyncpg.Pool, box: CredentialBox,
+    client: Client,
+) -> None:
+    """Thousands of FLAGS lines in one answer (aioimaplib used to recurse per line and fail)."""
+    target = dovecot if server == "condstore" else plain_dovecot
+    seeded = [
+        dataclasses.replace(m, flags=tuple(f for f in m.flags if f != "\\Seen"))
+        for m in generate_corpus(2600, seed=41, folders=("INBOX",), malformed_ratio=0.0, attachment_ratio=0.0)
+    ]
+    account = await AccountFactory(target, pool, box)(seeded)
+    handle = await start_live(client, account.id, LIVE.model_copy(update={"page_size": 500, "chunk_size": 250}))
+    c = account.imap()
+    try:
+        c.select("INBOX")
+        assert c.uid("STORE", "1:*", "+FLAGS.SILENT", r"(\Seen)")[0] == "OK"
+    finally:
+        c.logout()
+    result = await sync_now(handle)
+    inbox = next(f for f in result.folders if f.folder == "INBOX")
+    assert inbox.error is None and inbox.updated == len(seeded)
+    await assert_identical(pool, account)

@@ -198,6 +198,7 @@ class AccountSyncWorkflow:
             # usable now; the older mail follows in the background, newest first
             st.backfill_queue = [c.folder for c in st.cursors.values() if c.mirrored]
             st.backfill_since, st.backfill_before = inp.window_start, inp.since
+        self._publish(AccountPhase.backfill if st.backfill_queue else AccountPhase.idle)  # usable from here
         await self._set_status(inp.account_id, "active", f"{len(failed)} folder(s) failed" if failed else None)
 
     async def _mirror_folders(

@@ -23,6 +23,7 @@ from aioimaplib.aioimaplib import Command, IdleCommand
 
 from mail.model import FetchedMessage
 from providers.errors import AuthError, FolderGone, NetworkError, ServerError
+from providers.imap import wire
 from providers.imap.parse import (
     FolderInfo,
     FolderStatus,
@@ -40,6 +41,8 @@ from providers.imap.parse import (
     view_was_stale,
 )
 from providers.imap.settings import ImapSettings, Security
+
+wire.install()  # aioimaplib's recursive line splitter fails on large answers (see wire.py)
 
 T = TypeVar("T")
 

@@ -278,7 +278,8 @@ def main() -> int:
         started = time.monotonic()
         if not sync_with_progress(account_id, worker, worker_log):
             return 1
-        console.print(f"initial sync finished in {time.monotonic() - started:.1f} s; checking it against the server")
+        took = time.monotonic() - started
+        console.print(f"initial sync of {count} messages finished in {took:.1f} s; checking it against the server")
         if mailsync("verify", account_id).returncode != 0:
             console.print("[red]verify found differences between the server and PostgreSQL[/red]")
         asyncio.run(summary(dsn, account_id))

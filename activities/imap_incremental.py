@@ -16,7 +16,10 @@ from activities.errors import classified_errors
 from mail.parse import parse_many
 from providers.imap.client import ImapSession
 from providers.imap.parse import FolderStatus
-from store.changes import HistoryRow, append_history, forget_folder, remove_locations, stored_flags, update_flags
+from store.changes import (
+    HistoryRow, append_history, forget_folder, remove_locations, stored_count, stored_flags, stored_flags_for,
+    update_flags,
+)
 from store.folders import FolderRow, live_folders, record_folder_state, upsert_folders
 from store.pages import persist_page
 from workflows.models import (
@@ -137,23 +140,29 @@ class ImapIncrementalActivities:
         cursor = inp.cursor
         assert cursor.uidvalidity is not None and cursor.uidnext is not None
         folder_id, uidvalidity, top = cursor.folder.folder_id, cursor.uidvalidity, cursor.uidnext - 1
-        async with self.deps.pool.acquire() as conn:
-            stored = await stored_flags(conn, folder_id, uidvalidity, 1, top)
         flag_updates: list[tuple[int, list[str]]] = []
         gone: list[int] = []
         if changes is None and cursor.highestmodseq and session.has_condstore:
             changes = await session.changes_since(cursor.highestmodseq, max_uid=top)
         if changes is not None:  # CONDSTORE: only what changed since the stored mod-sequence
+            # read back only the rows the server named: the pass stays small in a large folder
+            reported = [m.uid for m in changes.changed] + list(changes.vanished)
+            async with self.deps.pool.acquire() as conn:
+                stored = await stored_flags_for(conn, folder_id, uidvalidity, reported)
+                held = len(stored) if session.qresync_enabled else await stored_count(conn, folder_id, uidvalidity)
             flag_updates = [
                 (m.uid, m.flags) for m in changes.changed if m.uid in stored and not _same_flags(m.flags, stored[m.uid])
             ]
             if session.qresync_enabled:
                 gone = [u for u in changes.vanished if u in stored]
-            elif status.messages != len(stored) + new_count:  # some stored UID no longer exists
+            elif status.messages != held + new_count:  # some stored UID no longer exists
                 present = set(await session.uid_search_all())
-                gone = [u for u in stored if u not in present]
+                async with self.deps.pool.acquire() as conn:
+                    gone = [u for u in await stored_flags(conn, folder_id, uidvalidity, 1, top) if u not in present]
             result.cursor.highestmodseq = changes.highestmodseq
         else:  # no CONDSTORE: compare every stored UID's flags, a page at a time
+            async with self.deps.pool.acquire() as conn:
+                stored = await stored_flags(conn, folder_id, uidvalidity, 1, top)
             uids = sorted(stored)
             for i in range(0, len(uids), _FLAG_PAGE):
                 lo, hi = uids[i], uids[min(i + _FLAG_PAGE, len(uids)) - 1]

@@ -24,6 +24,26 @@ async def stored_flags(
     return {r["uid"]: list(r["flags"]) for r in rows}
 
 
+async def stored_flags_for(
+    conn: asyncpg.Connection, folder_id: int, uidvalidity: int, uids: Sequence[int]
+) -> dict[int, list[str]]:
+    """UID → flags of just these stored locations (those a CONDSTORE answer named)."""
+    if not uids:
+        return {}
+    rows = await conn.fetch(
+        """SELECT uid, flags FROM message_locations
+           WHERE folder_id = $1 AND uidvalidity = $2 AND uid = ANY($3::bigint[])""",
+        folder_id, uidvalidity, list(uids),
+    )
+    return {r["uid"]: list(r["flags"]) for r in rows}
+
+
+async def stored_count(conn: asyncpg.Connection, folder_id: int, uidvalidity: int) -> int:
+    return await conn.fetchval(
+        "SELECT count(*) FROM message_locations WHERE folder_id = $1 AND uidvalidity = $2", folder_id, uidvalidity
+    )
+
+
 async def update_flags(
     conn: asyncpg.Connection, folder_id: int, uidvalidity: int, changes: Sequence[tuple[int, list[str]]]
 ) -> int:

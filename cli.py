@@ -35,8 +35,8 @@ app.add_typer(sync_app, name="sync")
 app.add_typer(db_app, name="db")
 app.add_typer(dev_app, name="dev")
 
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)  # addresses and URLs stay whole when piped
+err = Console(stderr=True, soft_wrap=True)
 
 
 class CliError(Exception):
@@ -518,9 +518,15 @@ def sync_status(
             handle = client.get_workflow_handle(account_workflow_id(account_id))
             try:
                 desc = await handle.describe()
-                p = await handle.query(AccountSyncWorkflow.progress)
             except RPCError as exc:
                 raise CliError(f"no sync for {account_id} yet: start one with `mailsync sync start {account_id}`") from exc
+            try:
+                p = await handle.query(AccountSyncWorkflow.progress, rpc_timeout=timedelta(seconds=5))
+            except RPCError as exc:  # a query is answered by a worker: none is polling the task queue
+                raise CliError(
+                    f"the sync of {account_id} is {desc.status.name.lower()} but no worker answers: "
+                    f"is `mailsync worker` running (task queue {settings.task_queue!r})?"
+                ) from exc
             if as_json:
                 data = p.model_dump(mode="json") | {"workflow_status": desc.status.name, "percent": p.percent}
                 out.print_json(json.dumps(data))

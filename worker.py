@@ -22,6 +22,7 @@ from runtime.temporal import connect
 from store.crypto import CredentialBox, load_or_create_key
 from store.db import create_pool, resolve_database_url
 from store.migrate import migrate
+from workflows import search
 from workflows.account_sync import AccountSyncWorkflow
 from workflows.folder_sync import FolderSyncWorkflow
 
@@ -55,6 +56,21 @@ def build_workers(client, deps: Deps) -> list[Worker]:  # type: ignore[no-untype
     return [sync, watch]
 
 
+async def check_search_attributes(client, namespace: str) -> None:  # type: ignore[no-untyped-def]
+    """Refuse to start when the account workflows could not set their search attributes: every
+    workflow task would fail, and the syncs would hang without a word."""
+    from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
+
+    response = await client.operator_service.list_search_attributes(ListSearchAttributesRequest(namespace=namespace))
+    missing = [k.name for k in search.ALL if k.name not in response.custom_attributes]
+    if missing:
+        raise RuntimeError(
+            f"search attributes {', '.join(missing)} are not registered in namespace {namespace!r}: run "
+            "`temporal operator search-attribute create --name NAME --type Keyword` for each "
+            "(`mailsync dev up` does it for the dev server), or set MAILSYNC_SEARCH_ATTRIBUTES=false"
+        )
+
+
 async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> None:
     pool = await create_pool(resolve_database_url(settings), size=settings.db_pool_size)
     try:
@@ -64,6 +80,8 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
             log.info("applied migrations: %s", ", ".join(f"{m.version:03d}_{m.name}" for m in applied))
         deps = Deps(pool, CredentialBox(load_or_create_key(settings.secret_key, settings.state_dir)), settings)
         client = await connect(settings)
+        if settings.search_attributes:
+            await check_search_attributes(client, settings.temporal_namespace)
         workers = build_workers(client, deps)
         stop = stop or asyncio.Event()
         loop = asyncio.get_running_loop()

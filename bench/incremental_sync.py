@@ -415,6 +415,7 @@ async def bench(n: int, change_counts: list[int], repeat: int, seed: int, max_at
         worker_env = os.environ.copy() | {
             "DATABASE_URL": dsn, "TEMPORAL_ADDRESS": env.client.service_client.config.target_host,
             "MAILSYNC_SECRET_KEY": key, "MAILSYNC_STATE_DIR": str(root / "state"), "MAILSYNC_TASK_QUEUE": QUEUE,
+            "MAILSYNC_SEARCH_ATTRIBUTES": "false",  # the bench dev server has none registered
         }
         worker = subprocess.Popen(
             [sys.executable, str(REPO / "worker.py")], cwd=REPO, env=worker_env,

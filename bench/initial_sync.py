@@ -123,6 +123,7 @@ async def bench(n: int, seed: int, max_attachment: int) -> dict[str, float | int
         worker_env = os.environ.copy() | {
             "DATABASE_URL": dsn, "TEMPORAL_ADDRESS": env.client.service_client.config.target_host,
             "MAILSYNC_SECRET_KEY": key, "MAILSYNC_STATE_DIR": str(root / "state"), "MAILSYNC_TASK_QUEUE": "bench",
+            "MAILSYNC_SEARCH_ATTRIBUTES": "false",  # the bench dev server has none registered
         }
         worker = subprocess.Popen(
             [sys.executable, str(REPO / "worker.py")], cwd=REPO, env=worker_env,
@@ -133,7 +134,7 @@ async def bench(n: int, seed: int, max_attachment: int) -> dict[str, float | int
         tuning = SyncTuning()  # production defaults: 500-UID pages, 2 connections
         start = time.perf_counter()
         result = await env.client.execute_workflow(
-            AccountSyncWorkflow.run, AccountSyncInput(account_id="bench", tuning=tuning),
+            AccountSyncWorkflow.run, AccountSyncInput(account_id="bench", tuning=tuning, live=False),
             id="account-sync/bench", task_queue="bench",
         )
         sync_s = time.perf_counter() - start

@@ -83,6 +83,8 @@ class AccountSyncWorkflow:
             if elapsed > 0:
                 p.messages_per_second = round(p.done / elapsed, 1)
                 p.eta_seconds = round(max(0, p.total - p.done) / p.messages_per_second, 1)
+        elif self._st.initial_done:
+            p.messages_per_second = self._st.initial_rate  # what the initial sync achieved
         errors = [f"{f.name}: {f.error}" for f in p.folders if f.error]
         p.last_error = self._auth_error or (errors[-1] if errors else p.last_error)
         st = self._st
@@ -193,6 +195,7 @@ class AccountSyncWorkflow:
         if self._auth_error:
             raise _AuthFailed()
         failed = [f for f in self._folders.values() if f.phase == FolderPhase.failed]
+        st.initial_rate = self.progress().messages_per_second
         st.initial_done = True
         if inp.since is not None and (inp.window_start is None or inp.window_start < inp.since):
             # usable now; the older mail follows in the background, newest first

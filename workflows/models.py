@@ -226,6 +226,7 @@ class AccountState(BaseModel):
     changed: bool = False            # a mailbox_changed arrived since the last pass started
     resync: bool = False
     started_at: datetime | None = None
+    initial_rate: float = 0.0        # messages/s of the initial sync, kept for status displays
     backfill_queue: list[FolderRef] = Field(default_factory=list)
     backfill_running: list[str] = Field(default_factory=list)   # folder names
     backfill_since: date | None = None

@@ -136,6 +136,11 @@ class ImapSession:
             try:
                 return task.result()
             except _NETWORK_ERRORS as exc:
+                if isinstance(exc, ssl.SSLError) and "WRONG_VERSION_NUMBER" in str(exc):
+                    raise NetworkError(
+                        f"{self.where} does not speak TLS on this port (try --security starttls --port 143, "
+                        "or the server's TLS port, usually 993)"
+                    ) from exc
                 raise NetworkError(f"{what} on {self.where}: {type(exc).__name__}: {exc}") from exc
         task.cancel()
         if lost in done:

@@ -13,9 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from workflows.models import CredentialsExpired, MailboxChanged
-
-__all__ = ["CredentialsExpired", "MailboxChanged"]
+from workflows.models import CredentialsExpired, MailboxChanged  # noqa: F401  (re-exported)
 
 # --- signal payloads (workflow contract) ---------------------------------------------------------
 

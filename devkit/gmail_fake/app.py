@@ -13,6 +13,7 @@ import json
 import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -120,6 +121,21 @@ async def _body(request: Request, model: type[BaseModel]) -> Any:
 def create_app(ctx: FakeContext) -> FastAPI:
     app = FastAPI(title="Gmail API v1 (local fake)", openapi_url=None, docs_url=None, redoc_url=None)
     store, quota, tokens = ctx.store, ctx.quota, ctx.tokens
+
+    def _listing(request: Request, mailbox: Any, lister: Callable[..., Any]) -> Response:
+        """messages.list and threads.list take the same paging and filters."""
+        size = page_size(_int_param(request, "maxResults"))
+        with store.lock:
+            return _json(
+                lister(
+                    mailbox,
+                    q=request.query_params.get("q"),
+                    label_ids=_list_param(request, "labelIds"),
+                    include_spam_trash=_bool_param(request, "includeSpamTrash"),
+                    max_results=size,
+                    page_token=request.query_params.get("pageToken"),
+                )
+            )
 
     @app.exception_handler(GmailApiError)
     async def _gmail_error(_: Request, exc: GmailApiError) -> Response:
@@ -234,20 +250,7 @@ def create_app(ctx: FakeContext) -> FastAPI:
 
     @app.get(f"{_API}/messages")
     async def messages_list(request: Request, userId: str) -> Response:
-        mailbox = begin(request, userId, "messages.list")
-        size = page_size(_int_param(request, "maxResults"))
-        include = _bool_param(request, "includeSpamTrash")
-        with store.lock:
-            return _json(
-                list_messages(
-                    mailbox,
-                    q=request.query_params.get("q"),
-                    label_ids=_list_param(request, "labelIds"),
-                    include_spam_trash=include,
-                    max_results=size,
-                    page_token=request.query_params.get("pageToken"),
-                )
-            )
+        return _listing(request, begin(request, userId, "messages.list"), list_messages)
 
     @app.get(f"{_API}/messages/{{id}}")
     async def messages_get(request: Request, userId: str, id: str) -> Response:
@@ -311,20 +314,7 @@ def create_app(ctx: FakeContext) -> FastAPI:
 
     @app.get(f"{_API}/threads")
     async def threads_list(request: Request, userId: str) -> Response:
-        mailbox = begin(request, userId, "threads.list")
-        size = page_size(_int_param(request, "maxResults"))
-        include = _bool_param(request, "includeSpamTrash")
-        with store.lock:
-            return _json(
-                list_threads(
-                    mailbox,
-                    q=request.query_params.get("q"),
-                    label_ids=_list_param(request, "labelIds"),
-                    include_spam_trash=include,
-                    max_results=size,
-                    page_token=request.query_params.get("pageToken"),
-                )
-            )
+        return _listing(request, begin(request, userId, "threads.list"), list_threads)
 
     @app.get(f"{_API}/threads/{{id}}")
     async def threads_get(request: Request, userId: str, id: str) -> Response:

@@ -96,6 +96,25 @@ def _message_from_api(data: dict[str, Any]) -> GmailMessage:
     )
 
 
+def _list_params(
+    page_token: str | None, q: str | None, page_size: int, include_spam_trash: bool,
+    label_ids: Sequence[str] | None,
+) -> dict[str, Any]:
+    """The query of threads.list and messages.list, which take the same paging and filters."""
+    params: dict[str, Any] = {
+        "userId": "me",
+        "maxResults": max(1, min(page_size, MAX_PAGE_SIZE)),
+        "includeSpamTrash": include_spam_trash,
+    }
+    if page_token:
+        params["pageToken"] = page_token
+    if q:
+        params["q"] = q
+    if label_ids:
+        params["labelIds"] = list(label_ids)
+    return params
+
+
 class GmailSession:
     """One Gmail user's API session. Use `async with GmailSession(creds, ...) as gmail:` (or `open`/`close`).
 
@@ -413,17 +432,7 @@ class GmailSession:
         label_ids: Sequence[str] | None = None,
     ) -> tuple[list[str], str | None]:
         """One page of thread ids, most recent activity first, and the next page's token (None: last page)."""
-        params: dict[str, Any] = {
-            "userId": "me",
-            "maxResults": max(1, min(page_size, MAX_PAGE_SIZE)),
-            "includeSpamTrash": include_spam_trash,
-        }
-        if page_token:
-            params["pageToken"] = page_token
-        if q:
-            params["q"] = q
-        if label_ids:
-            params["labelIds"] = list(label_ids)
+        params = _list_params(page_token, q, page_size, include_spam_trash, label_ids)
         data = await self._call("threads.list", lambda: self._threads.list(**params))
         return [thread["id"] for thread in data.get("threads") or ()], data.get("nextPageToken") or None
 
@@ -440,17 +449,7 @@ class GmailSession:
 
         Thread membership at 5 units per 500 messages, where threads.get costs 10 units per thread.
         """
-        params: dict[str, Any] = {
-            "userId": "me",
-            "maxResults": max(1, min(page_size, MAX_PAGE_SIZE)),
-            "includeSpamTrash": include_spam_trash,
-        }
-        if page_token:
-            params["pageToken"] = page_token
-        if q:
-            params["q"] = q
-        if label_ids:
-            params["labelIds"] = list(label_ids)
+        params = _list_params(page_token, q, page_size, include_spam_trash, label_ids)
         data = await self._call("messages.list", lambda: self._messages.list(**params))
         pairs = [(item["id"], item.get("threadId", item["id"])) for item in data.get("messages") or ()]
         return pairs, data.get("nextPageToken") or None

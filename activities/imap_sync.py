@@ -134,6 +134,8 @@ class ImapActivities:
                         )
                     uids = await session.fetch_uids(inp.page.lo, inp.page.hi)
                     if resume_below is not None:
+                        # persisted by an earlier attempt: counted as done, not fetched again
+                        summary.fetched += sum(1 for u in uids if u >= resume_below)
                         uids = [u for u in uids if u < resume_below]
                     uids.sort(reverse=True)
                     summary.vanished = max(0, inp.page.count - len(uids)) if resume_below is None else 0

@@ -471,3 +471,27 @@ async def test_mark_all_read_on_a_large_folder(
     inbox = next(f for f in result.folders if f.folder == "INBOX")
     assert inbox.error is None and inbox.updated == len(seeded)
     await assert_identical(pool, account)
+
+
+async def test_idle_watches_more_folders_up_to_the_connection_limit(
+    make_account: AccountFactory, pool: asyncpg.Pool, client: Client,
+) -> None:
+    account = await make_account(corpus(40, seed=42, folders=("INBOX", "Sent", "Archive")))
+    tuning = LIVE.model_copy(update={"watch": True, "connection_limit": 3})  # INBOX and Sent watched
+    handle = await start_live(client, account.id, tuning)
+    await until(lambda: _phase_is(handle, AccountPhase.idle))
+    await asyncio.sleep(1.0)
+    c = account.imap()
+    try:
+        appended = time.monotonic()
+        c.append("Sent", r"(\Seen)", None, new_message(600))
+    finally:
+        c.logout()
+
+    async def arrived() -> bool:
+        return await pool.fetchval(
+            "SELECT count(*) FROM messages WHERE account_id = $1 AND subject = 'fresh message 600'", account.id) == 1
+
+    assert await until(arrived, timeout=10.0, every=0.05)
+    assert time.monotonic() - appended < 5.0
+    await assert_identical(pool, account)

@@ -34,6 +34,7 @@ with workflow.unsafe.imports_passed_through():
 
 _AUTH_TYPES = ("AuthError", "AccountNotFound", "SecretKeyError")
 BACKFILL_SIGNAL = "backfill_progress"
+_WATCH_ORDER = {"inbox": 0, "sent": 1, "flagged": 2, "archive": 3, "drafts": 4}
 _KEEP_RESULTS = 20
 
 
@@ -57,7 +58,7 @@ class AccountSyncWorkflow:
         self._results: dict[int, PassResult] = {}
         self._pass_running = False
         self._credentials_updated = False
-        self._watch: asyncio.Task[WatchResult] | None = None
+        self._watches: dict[str, asyncio.Task[WatchResult]] = {}
         self._account_id = inp.account_id
         self._tuning = inp.tuning
         self._published: AccountPhase | None = None
@@ -259,13 +260,12 @@ class AccountSyncWorkflow:
             try:
                 await workflow.wait_condition(
                     lambda: st.changed or st.paused or st.resync or self._auth_error is not None
-                    or (self._watch is not None and self._watch.done()) or self._backfill_changed,
+                    or self._watch_done() or self._backfill_changed,
                     timeout=timedelta(seconds=inp.tuning.poll_seconds),
                 )
             except asyncio.TimeoutError:
                 pass
-            if self._watch is not None and self._watch.done():
-                self._reap_watch()
+            self._reap_watch()
 
     async def _incremental_pass(self, inp: AccountSyncInput) -> PassResult:
         st = self._st
@@ -414,37 +414,51 @@ class AccountSyncWorkflow:
 
     # ---- the IDLE watcher -----------------------------------------------------------------------
 
+    def _watched_folders(self, inp: AccountSyncInput) -> list[str]:
+        """INBOX first, then the folders people read most, up to the connection limit less the one
+        the passes use (at least the INBOX)."""
+        def rank(c: FolderCursor) -> tuple[int, str]:
+            inbox = c.folder.role == "inbox" or c.folder.name.upper() == "INBOX"
+            return (0 if inbox else _WATCH_ORDER.get(c.folder.role or "", 9), c.folder.name)
+
+        cursors = sorted((c for c in self._st.cursors.values() if c.mirrored), key=rank)
+        return [c.folder.name for c in cursors[: max(1, inp.tuning.connection_limit - 1)]]
+
     def _ensure_watch(self, inp: AccountSyncInput) -> None:
-        if not inp.tuning.watch or self._watch is not None:
+        if not inp.tuning.watch:
             return
-        inbox = next((c.folder.name for c in self._st.cursors.values() if c.folder.role == "inbox"), None)
-        inbox = inbox or next((c.folder.name for c in self._st.cursors.values() if c.folder.name.upper() == "INBOX"), None)
-        if inbox is None:
-            return
-        self._watch = asyncio.ensure_future(workflow.execute_activity_method(
-            ImapIncrementalActivities.watch_mailbox,
-            WatchInput(account_id=inp.account_id, folder=inbox, idle_seconds=inp.tuning.idle_seconds),
-            task_queue=f"{workflow.info().task_queue}.watch",  # worker.watch_queue
-            start_to_close_timeout=timedelta(seconds=inp.tuning.idle_seconds + 120),
-            heartbeat_timeout=timedelta(seconds=30), retry_policy=ACTIVITY_RETRY,
-        ))
+        for name in self._watched_folders(inp):
+            if name in self._watches:
+                continue
+            self._watches[name] = asyncio.ensure_future(workflow.execute_activity_method(
+                ImapIncrementalActivities.watch_mailbox,
+                WatchInput(account_id=inp.account_id, folder=name, idle_seconds=inp.tuning.idle_seconds),
+                task_queue=f"{workflow.info().task_queue}.watch",  # worker.watch_queue
+                start_to_close_timeout=timedelta(seconds=inp.tuning.idle_seconds + 120),
+                heartbeat_timeout=timedelta(seconds=30), retry_policy=ACTIVITY_RETRY,
+            ))
+
+    def _watch_done(self) -> bool:
+        return any(task.done() for task in self._watches.values())
 
     def _reap_watch(self) -> None:
-        task, self._watch = self._watch, None
-        assert task is not None
-        try:
-            if task.result().changed:
-                self._st.changed = True
-        except ActivityError as err:  # the poll interval still covers the account; retried next idle
-            if failure_type(err) in _AUTH_TYPES:
-                self._auth_error = failure_message(err)
-            elif self._progress is not None:
-                self._progress.last_error = f"watch: {failure_message(err)}"
+        for name, task in [(n, t) for n, t in self._watches.items() if t.done()]:
+            del self._watches[name]
+            try:
+                if task.result().changed:
+                    self._st.changed = True
+            except ActivityError as err:  # the poll interval still covers the account; retried next idle
+                if failure_type(err) in _AUTH_TYPES:
+                    self._auth_error = failure_message(err)
+                elif self._progress is not None:
+                    self._progress.last_error = f"watch {name}: {failure_message(err)}"
 
     async def _stop_watch(self) -> None:
-        task, self._watch = self._watch, None
-        if task is not None and not task.done():
-            task.cancel()
+        tasks, self._watches = list(self._watches.values()), {}
+        for task in tasks:
+            if not task.done():
+                task.cancel()
+        for task in tasks:
             try:
                 await task
             except (asyncio.CancelledError, ActivityError):

@@ -40,6 +40,47 @@ def _stage_row(m: FetchedMessage, p: ParsedMessage) -> tuple:
     )
 
 
+# Messages and locations in one round trip. Only rows this statement inserts come back: a message
+# the account already holds (another folder, a retried page, a concurrent writer that committed
+# first) is placed by `_place_existing` in a later statement, whose snapshot sees that commit.
+_INSERT_MESSAGES_AND_LOCATIONS = """
+WITH new AS (
+    INSERT INTO messages (account_id, sha256, header_sha256, size, message_id, in_reply_to, refs, subject,
+        from_addr, from_name, to_addrs, cc_addrs, bcc_addrs, sent_at, internaldate, snippet, parse_error)
+    SELECT DISTINCT ON (sha256) $1, sha256, header_sha256, size, message_id, in_reply_to, refs, subject,
+        from_addr, from_name, to_addrs, cc_addrs, bcc_addrs, sent_at, internaldate, snippet, parse_error
+    FROM page_stage ORDER BY sha256
+    ON CONFLICT (account_id, sha256) DO NOTHING
+    RETURNING id, sha256
+), placed AS (
+    INSERT INTO message_locations (account_id, folder_id, uidvalidity, uid, message_pk, flags, internaldate)
+    SELECT $1, $2, $3, s.uid, n.id, s.flags, s.internaldate
+    FROM page_stage s JOIN new n ON n.sha256 = s.sha256
+    ORDER BY s.uid
+    ON CONFLICT (folder_id, uidvalidity, uid) DO UPDATE
+        SET flags = EXCLUDED.flags, updated_at = now()
+        WHERE message_locations.flags IS DISTINCT FROM EXCLUDED.flags
+)
+SELECT id, sha256 FROM new
+"""
+
+# Lookups by key go through a LATERAL … LIMIT 1 per key: a nested loop of unique-index probes
+# whatever the statistics say. With `account_id = $1 AND key = ANY($2)` the planner, before the
+# first ANALYZE of a growing table, scans every row of the account for each page (quadratic).
+_EXISTING_MESSAGES = """
+SELECT m.id, m.sha256, m.deleted_at IS NOT NULL AS deleted
+FROM unnest($2::bytea[]) AS u(sha)
+CROSS JOIN LATERAL (SELECT id, sha256, deleted_at FROM messages
+                    WHERE account_id = $1 AND sha256 = u.sha LIMIT 1) m
+"""
+_MISSING_BODIES = """
+SELECT u.sha FROM unnest($2::bytea[]) AS u(sha)
+LEFT JOIN LATERAL (SELECT true AS hit FROM message_bodies
+                   WHERE account_id = $1 AND sha256 = u.sha LIMIT 1) b ON true
+WHERE b.hit IS NULL
+"""
+
+
 async def persist_page(
     conn: asyncpg.Connection,
     account_id: str,
@@ -52,51 +93,21 @@ async def persist_page(
         parsed = [parse_message(m.raw) for m in fetched]
     if not fetched:
         return PageWriteResult(0, 0, 0, 0)
-    by_sha = {p.sha256: p for p in parsed}
-    async with conn.transaction():
-        await conn.copy_records_to_table(
-            "page_stage", records=[_stage_row(m, p) for m, p in zip(fetched, parsed)],
-            columns=STAGE_COLUMNS,
-        )
-        await _write_bodies(conn, account_id, fetched, parsed)
-        new_rows = await conn.fetch(
-            """INSERT INTO messages (account_id, sha256, header_sha256, size, message_id, in_reply_to, refs, subject,
-                   from_addr, from_name, to_addrs, cc_addrs, bcc_addrs, sent_at, internaldate, snippet,
-                   parse_error)
-               SELECT DISTINCT ON (sha256) $1, sha256, header_sha256, size, message_id, in_reply_to, refs, subject,
-                   from_addr, from_name, to_addrs, cc_addrs, bcc_addrs, sent_at, internaldate, snippet,
-                   parse_error
-               FROM page_stage ORDER BY sha256
-               ON CONFLICT (account_id, sha256) DO NOTHING
-               RETURNING id""",
-            account_id,
-        )
-        # a message seen again (moved back, folder recreated) is no longer deleted
-        await conn.execute(
-            """UPDATE messages SET deleted_at = NULL
-               WHERE account_id = $1 AND deleted_at IS NOT NULL AND sha256 IN (SELECT sha256 FROM page_stage)""",
-            account_id,
-        )
-        await conn.execute(
-            """INSERT INTO message_locations
-                   (account_id, folder_id, uidvalidity, uid, message_pk, flags, internaldate)
-               SELECT $1, $2, $3, s.uid, m.id, s.flags, s.internaldate
-               FROM page_stage s JOIN messages m ON m.account_id = $1 AND m.sha256 = s.sha256
-               ORDER BY s.uid
-               ON CONFLICT (folder_id, uidvalidity, uid) DO UPDATE
-                   SET flags = EXCLUDED.flags, updated_at = now()
-                   WHERE message_locations.flags IS DISTINCT FROM EXCLUDED.flags""",
-            account_id, folder_id, uidvalidity,
-        )
+    try:
+        ids, new_count = await _write_page(conn, account_id, folder_id, uidvalidity, fetched, parsed, careful=False)
+    except asyncpg.UniqueViolationError:
+        # A body without its message row (not written by this code, which stores both in one
+        # transaction): the page is written again, checking every body first.
+        ids, new_count = await _write_page(conn, account_id, folder_id, uidvalidity, fetched, parsed, careful=True)
     # Threads and contacts merge across the whole account, so they are serialized per account; a
     # second, short transaction keeps that lock from covering the bulk write above. Messages left
     # unthreaded by a crash between the two are picked up by the next write of the same page.
+    by_sha = {p.sha256: p for p in parsed}
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", account_lock_key(account_id))
         unthreaded = await conn.fetch(
-            """SELECT id, sha256 FROM messages
-               WHERE account_id = $1 AND sha256 = ANY($2::bytea[]) AND thread_id IS NULL""",
-            account_id, list(by_sha),
+            "SELECT id, sha256 FROM messages WHERE id = ANY($1::bigint[]) AND thread_id IS NULL",
+            sorted(ids.values()),
         )
         to_thread = {r["id"]: by_sha[bytes(r["sha256"])] for r in unthreaded}
         if to_thread:
@@ -104,46 +115,72 @@ async def persist_page(
             await _upsert_contacts(conn, account_id, list(to_thread.values()))
     return PageWriteResult(
         messages=len(fetched),
-        new_messages=len(new_rows),
+        new_messages=new_count,
         bytes=sum(len(m.raw) for m in fetched),
         parse_errors=sum(1 for p in parsed if p.parse_error),
     )
 
 
-async def _write_bodies(
-    conn: asyncpg.Connection, account_id: str, fetched: Sequence[FetchedMessage], parsed: Sequence[ParsedMessage]
-) -> None:
-    """Raw bytes go straight into message_bodies, once per sha256, never through the staging table.
-
-    The bytes are the bulk of a page; copying them twice (staging, then INSERT … SELECT) was the
-    slowest step of the write path. Bodies already stored are skipped before the COPY; when a
-    concurrent writer (another folder holding the same message) wins the race, the COPY fails as a
-    whole on the unique key and the idempotent INSERT … ON CONFLICT path takes over.
-    """
+async def _write_page(
+    conn: asyncpg.Connection,
+    account_id: str,
+    folder_id: int,
+    uidvalidity: int,
+    fetched: Sequence[FetchedMessage],
+    parsed: Sequence[ParsedMessage],
+    *,
+    careful: bool,
+) -> tuple[dict[bytes, int], int]:
+    """The page's messages, locations and bodies in one transaction: {sha256: message id}, count of new."""
     raws = {p.sha256: m.raw for m, p in zip(fetched, parsed)}
-    present = {
-        bytes(r["sha256"])
-        for r in await conn.fetch(
-            "SELECT sha256 FROM message_bodies WHERE account_id = $1 AND sha256 = ANY($2::bytea[])",
-            account_id, list(raws),
+    async with conn.transaction():
+        await conn.copy_records_to_table(
+            "page_stage", records=[_stage_row(m, p) for m, p in zip(fetched, parsed)], columns=STAGE_COLUMNS,
         )
-    }
-    missing = sorted(sha for sha in raws if sha not in present)
-    if not missing:
-        return
-    try:
-        async with conn.transaction():  # a savepoint: a lost race undoes only this COPY
+        ids = {bytes(r["sha256"]): r["id"] for r in await conn.fetch(
+            _INSERT_MESSAGES_AND_LOCATIONS, account_id, folder_id, uidvalidity
+        )}
+        new = sorted(ids)
+        held = [sha for sha in raws if sha not in ids]
+        if held:
+            ids.update(await _place_existing(conn, account_id, folder_id, uidvalidity, held))
+        # A message row is only ever written together with its body, in one transaction, so the
+        # messages inserted just now are exactly the bodies to store.
+        bodies = sorted(set(new) | set(held)) if careful else new
+        if careful or held:
+            bodies = [bytes(r["sha"]) for r in await conn.fetch(_MISSING_BODIES, account_id, bodies)]
+        if bodies:
             await conn.copy_records_to_table(
-                "message_bodies", records=[(account_id, sha, raws[sha]) for sha in missing],
+                "message_bodies", records=[(account_id, sha, raws[sha]) for sha in sorted(bodies)],
                 columns=("account_id", "sha256", "raw"),
             )
-    except asyncpg.UniqueViolationError:
+    return ids, len(new)
+
+
+async def _place_existing(
+    conn: asyncpg.Connection, account_id: str, folder_id: int, uidvalidity: int, shas: list[bytes]
+) -> dict[bytes, int]:
+    """Locations of messages the account already held; a message seen again is no longer deleted."""
+    rows = await conn.fetch(_EXISTING_MESSAGES, account_id, sorted(shas))
+    found = {bytes(r["sha256"]): r["id"] for r in rows}
+    if len(found) != len(set(shas)):  # cannot happen: the INSERT above met these rows
+        raise RuntimeError(f"{len(set(shas)) - len(found)} messages neither inserted nor found")
+    revived = sorted(r["id"] for r in rows if r["deleted"])
+    if revived:
         await conn.execute(
-            """INSERT INTO message_bodies (account_id, sha256, raw)
-               SELECT $1, sha, raw FROM unnest($2::bytea[], $3::bytea[]) AS t(sha, raw) ORDER BY sha
-               ON CONFLICT DO NOTHING""",
-            account_id, missing, [raws[sha] for sha in missing],
+            "UPDATE messages SET deleted_at = NULL WHERE id = ANY($1::bigint[]) AND deleted_at IS NOT NULL", revived
         )
+    await conn.execute(
+        """INSERT INTO message_locations (account_id, folder_id, uidvalidity, uid, message_pk, flags, internaldate)
+           SELECT $1, $2, $3, s.uid, u.pk, s.flags, s.internaldate
+           FROM page_stage s JOIN unnest($4::bytea[], $5::bigint[]) AS u(sha, pk) ON u.sha = s.sha256
+           ORDER BY s.uid
+           ON CONFLICT (folder_id, uidvalidity, uid) DO UPDATE
+               SET flags = EXCLUDED.flags, updated_at = now()
+               WHERE message_locations.flags IS DISTINCT FROM EXCLUDED.flags""",
+        account_id, folder_id, uidvalidity, list(found), list(found.values()),
+    )
+    return found
 
 
 async def _assign_threads(
@@ -154,7 +191,9 @@ async def _assign_threads(
     known = {
         r["ref"]: r["thread_id"]
         for r in await conn.fetch(
-            "SELECT ref, thread_id FROM thread_refs WHERE account_id = $1 AND ref = ANY($2::text[])",
+            """SELECT t.ref, t.thread_id FROM unnest($2::text[]) AS u(ref)
+               CROSS JOIN LATERAL (SELECT ref, thread_id FROM thread_refs
+                                   WHERE account_id = $1 AND ref = u.ref LIMIT 1) t""",
             account_id, all_refs,
         )
     }

@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from email.header import decode_header, make_header
 from email.message import Message
 from email.utils import getaddresses, parsedate_to_datetime
+from functools import lru_cache
 
 # The body parse for the snippet is bounded: a 20 MB attachment must not cost a full MIME walk.
 _SNIPPET_SCAN_BYTES = 64 * 1024
@@ -23,6 +24,22 @@ _WS_RE = re.compile(r"\s+")
 _TAG_RE = re.compile(r"<[^>]*>")
 # headersonly: the feed parser would otherwise compile a regex per MIME boundary it meets
 _HEADERS = email.parser.BytesParser(policy=email.policy.compat32)
+# A header field name as the feed parser accepts it: printable ASCII except ':' (and no space).
+# A field: its name (printable ASCII but ':', as the feed parser accepts it), then its value with any
+# continuation lines (starting with a blank), each line ending in CRLF.
+_FIELD_RE = re.compile(r"([\x21-\x39\x3b-\x7e]++):([^\r\n]*+(?:\r\n[ \t][^\r\n]*+)*+)\r\n")
+# The common shapes of an address list, parsed here exactly as email.utils.getaddresses would:
+# `addr-spec`, `phrase <addr-spec>`, `<addr-spec>`, separated by commas. Anything else (comments,
+# groups, routes, backslashes, whitespace inside an address, empty items) goes to getaddresses.
+# Possessive quantifiers: an atom is never re-split when a match fails (no backtracking blow-up).
+_FWS = r"[ \t\r\n]*+"
+_WORD = r'(?:[^()<>@,:;"\[\] \t\r\n]++|"[^"\\\r]*+")'  # phrase atom (dots allowed) or quoted string
+_ATOM = r'[^()<>@,:;."\[\] \t\r\n]++'
+_ADDR_SPEC = f"{_ATOM}(?:\\.{_ATOM})*@{_ATOM}(?:\\.{_ATOM})*"
+_MAILBOX_RE = re.compile(
+    f"{_FWS}(?:(?P<bare>{_ADDR_SPEC})|(?P<phrase>{_WORD}(?:{_FWS}{_WORD})*)?{_FWS}<(?P<angle>{_ADDR_SPEC})>){_FWS}(?:,|\\Z)"
+)
+_WORD_RE = re.compile(_WORD)
 _OLDEST = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _NEWEST = datetime(2200, 1, 1, tzinfo=timezone.utc)
 
@@ -69,6 +86,13 @@ def _decode(value: object) -> str:
     if value is None:
         return ""
     raw = str(value)
+    if "=?" not in raw:  # no encoded word: decode_header/make_header give the text back unchanged
+        return raw
+    return _decode_words(raw)
+
+
+@lru_cache(maxsize=4096)
+def _decode_words(raw: str) -> str:
     try:
         return str(make_header(decode_header(raw)))
     except Exception:  # a broken encoded-word: keep what the sender wrote
@@ -85,14 +109,38 @@ def normalize_address(addr: str) -> str:
     return addr.strip().strip("<>").lower()
 
 
-def _addresses(msg: Message, name: str) -> list[tuple[str, str]]:
-    values = [str(v) for v in msg.get_all(name, [])]
+def _addresses(values: list[str]) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
-    for display, addr in getaddresses(values):
+    for display, addr in _getaddresses(", ".join(values)):
         addr = normalize_address(addr)
         if "@" in addr:
             out.append((clean_text(addr) or addr, clean_text(_decode(display).strip()) or ""))
     return out
+
+
+def _getaddresses(text: str) -> list[tuple[str, str]]:
+    """email.utils.getaddresses([text]), with the common shapes parsed by one regular expression."""
+    out: list[tuple[str, str]] = []
+    pos, end = 0, len(text)
+    while pos < end:
+        m = _MAILBOX_RE.match(text, pos)
+        if m is None or m.end() == pos:
+            return _getaddresses_slow(text)
+        if m.group("bare") is not None:
+            out.append(("", m.group("bare")))
+        else:
+            phrase = m.group("phrase")
+            words = [w[1:-1] if w[0] == '"' else w for w in _WORD_RE.findall(phrase)] if phrase else []
+            out.append((" ".join(words), m.group("angle")))
+        pos = m.end()
+    if not out:
+        return _getaddresses_slow(text)
+    return out
+
+
+@lru_cache(maxsize=4096)
+def _getaddresses_slow(text: str) -> list[tuple[str, str]]:
+    return getaddresses([text])
 
 
 def _date(value: object) -> datetime | None:
@@ -109,6 +157,65 @@ def _date(value: object) -> datetime | None:
     return dt if _OLDEST <= dt < _NEWEST else None
 
 
+class _Head:
+    """A parsed header block: the compat32 Message (what the snippet walker asks) and field lookups.
+
+    Simple blocks (ASCII, CRLF line ends, every line a field or a continuation) are split here,
+    field for field as the feed parser splits them; everything else goes through the feed parser.
+    """
+
+    __slots__ = ("msg", "index")
+
+    def __init__(self, block: bytes) -> None:
+        fields = _simple_fields(block)
+        if fields is None:
+            self.msg = _HEADERS.parsebytes(block, headersonly=True)
+            self.index: dict[str, list[str]] | None = None
+            return
+        msg = Message()
+        msg._headers = fields  # what the feed parser's set_raw() builds, in order
+        msg._payload = ""      # headersonly: nothing follows the header block
+        self.msg = msg
+        index: dict[str, list[str]] = {}
+        for name, value in fields:
+            index.setdefault(name.lower(), []).append(value)
+        self.index = index
+
+    def get(self, name: str) -> object:
+        """`Message.get`: the first value (a plain str for an ASCII block), None when absent."""
+        if self.index is None:
+            return self.msg.get(name)
+        values = self.index.get(name.lower())
+        return values[0] if values else None
+
+    def get_all(self, name: str) -> list[str]:
+        if self.index is None:
+            return [str(v) for v in self.msg.get_all(name, [])]
+        return self.index.get(name.lower(), [])
+
+
+def _simple_fields(block: bytes) -> list[tuple[str, str]] | None:
+    """The (name, value) pairs compat32's feed parser makes of a simple header block, else None.
+
+    `block` holds whole header lines, each ending in CRLF. Values keep their folding, as
+    `Compat32.header_source_parse` leaves them: leading blanks of the first line stripped, line
+    ends inside kept, the final one removed. A block the feed parser would flag (a first line
+    that is a continuation, a line that is no field, `From ` lines) or read differently (bare CR
+    or LF, 8-bit bytes) returns None.
+    """
+    if not block.endswith(b"\r\n") or not block.isascii():
+        return None
+    text = block.decode("ascii")
+    crlf = text.count("\r\n")
+    if text.count("\r") != crlf or text.count("\n") != crlf:
+        return None
+    found = _FIELD_RE.findall(text)
+    # the fields must tile the block: a line that is no field (or a leading continuation) is left over
+    if sum(len(name) + len(value) for name, value in found) + 3 * len(found) != len(text):
+        return None
+    return [(name, (value + "\r\n").lstrip(" \t").rstrip("\r\n")) for name, value in found]
+
+
 def _split_head(part: bytes) -> tuple[Message, bytes]:
     end = part.find(b"\r\n\r\n")
     sep = 4
@@ -116,7 +223,7 @@ def _split_head(part: bytes) -> tuple[Message, bytes]:
         end, sep = part.find(b"\n\n"), 2
     if end < 0:
         return _HEADERS.parsebytes(part, headersonly=True), b""
-    return _HEADERS.parsebytes(part[: end + 2], headersonly=True), part[end + sep :]
+    return _Head(part[: end + 2]).msg, part[end + sep :]
 
 
 def _leaf_text(head: Message, body: bytes) -> str:
@@ -194,13 +301,36 @@ def _parts(body: bytes, delimiter: bytes) -> Iterator[bytes]:
 def _snippet(head: Message, body: bytes) -> str | None:
     plain, html = _first_text(head, body[:_SNIPPET_SCAN_BYTES])
     if plain is not None:
-        return _WS_RE.sub(" ", plain).strip()[:_SNIPPET_CHARS]
+        return _collapse(plain, html=False)
     if html is not None:
-        return _WS_RE.sub(" ", _TAG_RE.sub(" ", html)).strip()[:_SNIPPET_CHARS]
+        return _collapse(html, html=True)
     return None
 
 
-def _mime_problems(head: Message, body: bytes) -> list[str]:
+def _collapse(text: str, *, html: bool) -> str:
+    """`_WS_RE.sub(" ", text).strip()[:_SNIPPET_CHARS]` (tags removed first for html), on a prefix.
+
+    A prefix collapses to a prefix of the whole: a run of blanks cut at the end still becomes one
+    space, and an html prefix ends just after a `>` so that no tag is cut. Once the collapsed
+    prefix is longer than the snippet, the rest of the text cannot change it.
+    """
+    size = 4 * _SNIPPET_CHARS
+    while True:
+        cut = size
+        if cut < len(text) and html:
+            close = text.find(">", cut)
+            cut = len(text) if close < 0 else close + 1
+        whole = cut >= len(text)
+        part = text if whole else text[:cut]
+        if html:
+            part = _TAG_RE.sub(" ", part)
+        out = _WS_RE.sub(" ", part).lstrip()
+        if whole or len(out) > _SNIPPET_CHARS:
+            return out.strip()[:_SNIPPET_CHARS]
+        size *= 4
+
+
+def _mime_problems(head: Message, raw: bytes, body_start: int) -> list[str]:
     """The structural defects the feed parser would report, found without a full MIME walk."""
     if head.get_content_maintype() != "multipart":
         return []
@@ -208,9 +338,10 @@ def _mime_problems(head: Message, body: bytes) -> list[str]:
     if not isinstance(boundary, str) or not boundary:
         return ["NoBoundaryInMultipartDefect"]
     delimiter = b"--" + boundary.encode("ascii", "replace")
-    if delimiter not in body:
+    # searched in place: the body can be megabytes, and the close delimiter sits near its end
+    if raw.find(delimiter, body_start) < 0:
         return ["StartBoundaryNotFoundDefect"]
-    if delimiter + b"--" not in body:
+    if raw.rfind(delimiter + b"--", body_start) < 0:
         return ["CloseBoundaryNotFoundDefect"]
     return []
 
@@ -220,36 +351,39 @@ def parse_message(raw: bytes) -> ParsedMessage:
     problems: list[str] = []
     try:
         end = raw.find(b"\r\n\r\n")
-        if end < 0:
+        if end >= 0:
+            parsed.header_sha256 = hashlib.sha256(raw[: end + 4]).digest()  # = header_key(raw)
+        else:
             end = raw.find(b"\n\n")
+            parsed.header_sha256 = header_key(raw)
         if end < 0:
             problems.append("no header/body separator")
-        header_bytes = raw if end < 0 else raw[: end + 2]
-        parsed.header_sha256 = header_key(raw)
-        msg = _HEADERS.parsebytes(header_bytes, headersonly=True)
+        head = _Head(raw if end < 0 else raw[: end + 2])
+        msg = head.msg
         problems.extend(type(d).__name__ for d in msg.defects)
-        parsed.message_id = (_msgids(msg.get("Message-ID")) or [None])[0]
-        parsed.in_reply_to = (_msgids(msg.get("In-Reply-To")) or [None])[-1]
-        parsed.references = _msgids(msg.get("References"))
-        subject = msg.get("Subject")
+        parsed.message_id = (_msgids(head.get("Message-ID")) or [None])[0]  # type: ignore[arg-type]
+        parsed.in_reply_to = (_msgids(head.get("In-Reply-To")) or [None])[-1]  # type: ignore[arg-type]
+        parsed.references = _msgids(head.get("References"))  # type: ignore[arg-type]
+        subject = head.get("Subject")
         parsed.subject = clean_text(_decode(subject)) if subject is not None else None
-        senders = _addresses(msg, "From")
+        senders = _addresses(head.get_all("From"))
         if senders:
             parsed.from_addr, parsed.from_name = senders[0]
         else:
             problems.append("no From")
-        to, cc, bcc = (_addresses(msg, h) for h in ("To", "Cc", "Bcc"))
+        to, cc, bcc = (_addresses(head.get_all(h)) for h in ("To", "Cc", "Bcc"))
         parsed.to_addrs = [a for a, _ in to]
         parsed.cc_addrs = [a for a, _ in cc]
         parsed.bcc_addrs = [a for a, _ in bcc]
         parsed.people = senders[:1] + to + cc + bcc
-        parsed.sent_at = _date(msg.get("Date"))
-        if msg.get("Date") is None:
+        date = head.get("Date")
+        parsed.sent_at = _date(date)
+        if date is None:
             problems.append("no Date")
         if end >= 0:
             body_start = end + (4 if raw.startswith(b"\r\n\r\n", end) else 2)
-            parsed.snippet = clean_text(_snippet(msg, raw[body_start:]))
-            problems.extend(_mime_problems(msg, raw[body_start:]))
+            parsed.snippet = clean_text(_snippet(msg, raw[body_start : body_start + _SNIPPET_SCAN_BYTES]))
+            problems.extend(_mime_problems(msg, raw, body_start))
         if b"\x00" in raw:
             problems.append("NUL bytes")
     except Exception as exc:  # the raw bytes are stored regardless; the flag says why fields are missing

@@ -457,6 +457,9 @@ def sync_now(
             table.add_row(name, "", "", "", "folder removed")
         out.print(table)
         took = (result.finished_at - result.started_at).total_seconds() if result.finished_at else 0.0
+        if result.error:
+            err.print(f"[red]pass {result.seq} failed:[/red] {result.error} (the next pass retries)", highlight=False)
+            return 1
         err.print(f"pass {result.seq}: {result.new} new, {result.updated} updated, {result.expunged} expunged "
                   f"in {took:.2f} s", highlight=False)
         return 0

@@ -191,7 +191,10 @@ class ImapIncrementalActivities:
             async with classified_errors():
                 session = await self.deps.imap_session(inp.account_id)
                 async with session:
-                    await session.select(inp.folder)
+                    status = await session.select(inp.folder)
+                    # a change between the last pass and this SELECT would raise no IDLE event
+                    if inp.since is not None and inp.since.uidvalidity is not None and _moved(inp.since, status):
+                        return WatchResult(changed=True, events=["changed before IDLE"])
                     events = await session.idle(inp.idle_seconds)
             return WatchResult(changed=events.changed, events=events.lines[:20])
         finally:
@@ -201,8 +204,9 @@ class ImapIncrementalActivities:
     async def record_pass(self, inp: HistoryInput) -> None:
         r = inp.result
         finished = r.finished_at or r.started_at
+        folder_errors = "; ".join(f"{f.folder}: {f.error}" for f in r.folders if f.error)
         rows = [HistoryRow(None, r.kind, r.started_at, finished, r.new, r.updated, r.expunged,
-                           "; ".join(f"{f.folder}: {f.error}" for f in r.folders if f.error) or None)]
+                           r.error or folder_errors or None)]
         rows += [
             HistoryRow(f.folder, "rebuild" if f.rebuilt else r.kind, r.started_at, finished, f.new, f.updated,
                        f.expunged, f.error)

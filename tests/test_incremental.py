@@ -495,3 +495,22 @@ async def test_idle_watches_more_folders_up_to_the_connection_limit(
     assert await until(arrived, timeout=10.0, every=0.05)
     assert time.monotonic() - appended < 5.0
     await assert_identical(pool, account)
+
+
+async def test_unreachable_server_fails_the_pass_instead_of_hanging(
+    make_account: AccountFactory, dovecot: DovecotServer, pool: asyncpg.Pool, client: Client,
+    cli_env: dict[str, str],
+) -> None:
+    proxy = ChaosProxy(dovecot.host, dovecot.port).start()
+    account = await make_account(corpus(20, seed=43), port=proxy.port)
+    handle = await start_live(client, account.id, LIVE.model_copy(update={"watch": False}))
+    proxy.stop()  # the server is gone: every connection is refused
+    failed = await run_cli(cli_env, "sync", "now", account.id, timeout=200)
+    assert failed.returncode == 1 and "failed" in failed.stderr and "connection refused" in failed.stderr.lower()
+    history = await pool.fetchval(
+        "SELECT error FROM sync_history WHERE account_id = $1 AND folder IS NULL ORDER BY id DESC LIMIT 1",
+        account.id)
+    assert history and "refused" in history.lower()
+    paused = await run_cli(cli_env, "sync", "pause", account.id)
+    assert paused.returncode == 0
+    assert await until(lambda: _phase_is(handle, AccountPhase.paused))

@@ -273,10 +273,22 @@ class AccountSyncWorkflow:
         self._pass_running = True
         result = PassResult(seq=st.passes + 1, started_at=workflow.now())
         try:
-            probe: ProbeResult = await self._activity(
-                ImapIncrementalActivities.probe_account,
-                ProbeInput(account_id=inp.account_id, cursors=list(st.cursors.values())), SHORT_TIMEOUT,
-            )
+            try:
+                # not retried forever: a pass that cannot reach the server ends with its error (in
+                # history and in sync_now's answer) and the next pass tries again
+                probe: ProbeResult = await self._activity(
+                    ImapIncrementalActivities.probe_account,
+                    ProbeInput(account_id=inp.account_id, cursors=list(st.cursors.values())), SHORT_TIMEOUT,
+                    retry_forever=False,
+                )
+            except ActivityError as err:
+                result.error = failure_message(err)
+                assert self._progress is not None
+                self._progress.last_error = result.error
+                probe = ProbeResult(folders=[], changed=[], removed=[])
+                probe_failed = True
+            else:
+                probe_failed = False
             for gone in probe.removed:
                 st.cursors.pop(gone.folder_id, None)
                 self._folders.pop(gone.name, None)
@@ -286,7 +298,7 @@ class AccountSyncWorkflow:
                 st.cursors[f.folder_id] = FolderCursor(folder=f)
                 self._folders[f.name] = FolderProgress(name=f.name, role=f.role)
                 result.folders_added.append(f.name)
-            rebuild = [c.folder for c in st.cursors.values() if not c.mirrored]
+            rebuild = [] if probe_failed else [c.folder for c in st.cursors.values() if not c.mirrored]
             for folder_id in probe.changed:
                 cursor = st.cursors.get(folder_id)
                 if cursor is None or not cursor.mirrored:
@@ -427,12 +439,16 @@ class AccountSyncWorkflow:
     def _ensure_watch(self, inp: AccountSyncInput) -> None:
         if not inp.tuning.watch:
             return
+        by_name = {c.folder.name: c for c in self._st.cursors.values()}
         for name in self._watched_folders(inp):
             if name in self._watches:
                 continue
             self._watches[name] = asyncio.ensure_future(workflow.execute_activity_method(
                 ImapIncrementalActivities.watch_mailbox,
-                WatchInput(account_id=inp.account_id, folder=name, idle_seconds=inp.tuning.idle_seconds),
+                WatchInput(
+                    account_id=inp.account_id, folder=name, idle_seconds=inp.tuning.idle_seconds,
+                    since=by_name.get(name),
+                ),
                 task_queue=f"{workflow.info().task_queue}.watch",  # worker.watch_queue
                 start_to_close_timeout=timedelta(seconds=inp.tuning.idle_seconds + 120),
                 heartbeat_timeout=timedelta(seconds=30), retry_policy=ACTIVITY_RETRY,

@@ -195,6 +195,7 @@ class PassResult(BaseModel):
     started_at: datetime
     finished_at: datetime | None = None
     folders: list[FolderChanges] = Field(default_factory=list)
+    error: str | None = None         # the pass could not run (server unreachable…); the next one retries
     folders_added: list[str] = Field(default_factory=list)
     folders_removed: list[str] = Field(default_factory=list)
 
@@ -326,6 +327,7 @@ class WatchInput(BaseModel):
     account_id: str
     folder: str = "INBOX"
     idle_seconds: float = 25 * 60
+    since: FolderCursor | None = None  # what the last pass saw: mail that came in between counts
 
 
 class WatchResult(BaseModel):

@@ -42,6 +42,13 @@ class Settings(BaseSettings):
     heartbeat_timeout: float = Field(default=60.0, gt=0, validation_alias="MAILSYNC_HEARTBEAT_TIMEOUT")
     max_concurrent_activities: int = Field(default=8, ge=1, validation_alias="MAILSYNC_WORKER_ACTIVITIES")
     db_pool_size: int = Field(default=8, ge=1, validation_alias="MAILSYNC_DB_POOL_SIZE")
+    worker_processes: int = Field(
+        default=0, ge=0, le=64, validation_alias="MAILSYNC_WORKER_PROCESSES",
+        description="worker processes `python worker.py` / `mailsync worker` runs, each a full worker on the same "
+        "task queues (activities and DB pool per process: MAILSYNC_WORKER_ACTIVITIES and MAILSYNC_DB_POOL_SIZE "
+        "apply to each); 0 = one per usable CPU core, at most 4. A sync is CPU-bound (IMAP parsing, header "
+        "parsing, database encoding): one process uses one core",
+    )
     max_watchers: int = Field(
         default=1000, ge=1, validation_alias="MAILSYNC_WORKER_WATCHERS",
         description="IDLE connections (one per live account) this worker holds at most",

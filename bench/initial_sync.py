@@ -1,9 +1,12 @@
 """Benchmark: full initial sync through a real worker vs. the raw aioimaplib fetch ceiling, one run.
 
-Generates N messages into a private Dovecot, pulls them once with a bare batched `UID FETCH` loop
-(the protocol ceiling), then runs AccountSyncWorkflow through a worker process against a private
-Temporal dev server and PostgreSQL. Prints messages/s, MB/s and the worker's peak RSS; the last
-line is one JSON object.
+Generates N messages into a private Dovecot, pulls them with a bare batched `UID FETCH` loop (the
+protocol ceiling) in batches of 500 (a page) and of 100 (a chunk: what the sync fetches per
+command, which aioimaplib reads faster), then runs AccountSyncWorkflow through `worker.py` (as
+many worker processes as its defaults start) against a private Temporal dev server and
+PostgreSQL. Prints messages/s, MB/s, the peak RSS of the worker's whole process tree, and the CPU
+time each party spent per message; the last line is one JSON object. `ratio` is against the
+500-UID loop, `ratio_vs_best_raw` against the faster of the two loops.
 
     python bench/initial_sync.py [--messages 20000] [--seed 0]
 """
@@ -29,9 +32,12 @@ import psutil
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+import providers.imap.client  # noqa: E402,F401  (the aioimaplib adjustments the worker runs with)
 from devkit.corpus import generate_corpus  # noqa: E402
 from devkit.dovecot import start_dovecot  # noqa: E402
 from providers.imap.parse import parse_fetch, parse_list, parse_search  # noqa: E402
+
+CHUNK = 100  # SyncTuning().chunk_size: UIDs per UID FETCH in the sync
 
 
 async def raw_fetch(host: str, port: int, user: str, password: str, batch: int = 500) -> tuple[int, int, float]:
@@ -56,27 +62,75 @@ async def raw_fetch(host: str, port: int, user: str, password: str, batch: int =
     return count, size, elapsed
 
 
-class RssSampler:
-    def __init__(self, pid: int) -> None:
-        self.proc = psutil.Process(pid)
+class ProcessSampler:
+    """Peak RSS of the worker's process tree, CPU seconds of each party's process tree (10 Hz)."""
+
+    def __init__(self, roots: dict[str, int], rss_of: str) -> None:
+        self.roots = {name: psutil.Process(pid) for name, pid in roots.items()}
+        self.rss_of = rss_of
         self.peak = 0
+        self.processes = 0
+        self._start: dict[int, float] = {}
+        self._last: dict[tuple[str, int], float] = {}
         self._task: asyncio.Task[None] | None = None
+
+    def _sample(self, first: bool) -> None:
+        for name, root in self.roots.items():
+            try:
+                tree = [root, *root.children(recursive=True)]
+            except psutil.Error:
+                continue
+            rss = 0
+            for p in tree:
+                try:
+                    t = p.cpu_times()
+                    rss += p.memory_info().rss
+                except psutil.Error:
+                    continue
+                cpu = t.user + t.system
+                if first:
+                    self._start[p.pid] = cpu
+                self._last[(name, p.pid)] = cpu
+            if name == self.rss_of:
+                self.peak = max(self.peak, rss)
+                self.processes = max(self.processes, len(tree))
 
     async def _run(self) -> None:
         while True:
-            try:
-                rss = sum(p.memory_info().rss for p in [self.proc, *self.proc.children(recursive=True)])
-                self.peak = max(self.peak, rss)
-            except psutil.Error:
-                return
             await asyncio.sleep(0.1)
+            self._sample(first=False)
 
     def start(self) -> None:
+        self._sample(first=True)
         self._task = asyncio.create_task(self._run())
 
-    def stop(self) -> None:
+    def stop(self) -> dict[str, float]:
         if self._task:
             self._task.cancel()
+        self._sample(first=False)
+        cpu: dict[str, float] = {}
+        for (name, pid), value in self._last.items():
+            cpu[name] = cpu.get(name, 0.0) + value - self._start.get(pid, 0.0)
+        return cpu
+
+
+async def _worker_ready(pid: int, log: Path, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+        processes = 1 + len(psutil.Process(pid).children(recursive=True))
+        if log.read_text(errors="replace").count("worker polling task queue") >= processes:
+            return
+    raise RuntimeError(f"the worker did not start within {timeout:g} s: see {log}")
+
+
+def _temporal_pid(env) -> int:  # type: ignore[no-untyped-def]
+    port = env.client.service_client.config.target_host.rsplit(":", 1)[1]
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = p.info["cmdline"] or []
+        if "start-dev" in cmd and port in cmd:
+            return p.pid
+    raise RuntimeError("temporal dev server process not found")
 
 
 async def bench(n: int, seed: int, max_attachment: int) -> dict[str, float | int]:
@@ -108,8 +162,10 @@ async def bench(n: int, seed: int, max_attachment: int) -> dict[str, float | int
         print(f"seeded {seeded} messages in {time.perf_counter() - t0:.1f} s", flush=True)
 
         raw_count, raw_bytes, raw_s = await raw_fetch(dovecot.host, dovecot.port, "bench", "bench")
-        print(f"raw aioimaplib UID FETCH: {raw_count} msgs, {raw_bytes / 1e6:.1f} MB in {raw_s:.2f} s "
+        print(f"raw aioimaplib UID FETCH, 500 per command: {raw_count} msgs, {raw_bytes / 1e6:.1f} MB in {raw_s:.2f} s "
               f"= {raw_count / raw_s:,.0f} msgs/s, {raw_bytes / 1e6 / raw_s:.1f} MB/s", flush=True)
+        _, _, chunk_s = await raw_fetch(dovecot.host, dovecot.port, "bench", "bench", batch=CHUNK)
+        print(f"raw aioimaplib UID FETCH, {CHUNK} per command: {raw_count / chunk_s:,.0f} msgs/s", flush=True)
 
         key = base64.b64encode(os.urandom(32)).decode()
         pool = await create_pool(dsn, size=2)
@@ -129,7 +185,12 @@ async def bench(n: int, seed: int, max_attachment: int) -> dict[str, float | int
             [sys.executable, str(REPO / "worker.py")], cwd=REPO, env=worker_env,
             stdout=(root / "worker.log").open("wb"), stderr=subprocess.STDOUT,
         )
-        sampler = RssSampler(worker.pid)
+        await _worker_ready(worker.pid, root / "worker.log")  # the clock starts once every worker process polls
+        sampler = ProcessSampler(
+            {"worker": worker.pid, "postgres": pg.get_pid(), "dovecot": dovecot._process.pid,  # type: ignore[union-attr]
+             "temporal": _temporal_pid(env)},
+            rss_of="worker",
+        )
         sampler.start()
         tuning = SyncTuning()  # production defaults: 500-UID pages, 2 connections
         start = time.perf_counter()
@@ -138,7 +199,7 @@ async def bench(n: int, seed: int, max_attachment: int) -> dict[str, float | int
             id="account-sync/bench", task_queue="bench",
         )
         sync_s = time.perf_counter() - start
-        sampler.stop()
+        cpu = sampler.stop()
         p = result.progress
         stored = await pool.fetchrow(
             "SELECT count(*) AS n, coalesce(sum(size), 0) AS b FROM messages WHERE account_id = 'bench'")
@@ -148,13 +209,19 @@ async def bench(n: int, seed: int, max_attachment: int) -> dict[str, float | int
         print(f"mailsync initial sync: {p.done} msgs, {p.bytes / 1e6:.1f} MB in {sync_s:.2f} s "
               f"= {p.done / sync_s:,.0f} msgs/s, {p.bytes / 1e6 / sync_s:.1f} MB/s "
               f"({stored['n']} distinct bodies stored)", flush=True)
-        print(f"worker peak RSS: {sampler.peak / 2**20:.0f} MB", flush=True)
+        print(f"worker peak RSS: {sampler.peak / 2**20:.0f} MB ({sampler.processes} processes)", flush=True)
+        print("CPU per message: " + ", ".join(f"{k} {v / p.done * 1e3:.3f} ms" for k, v in cpu.items())
+              + f" (total {sum(cpu.values()) / sync_s:.2f} cores busy of {os.cpu_count()})", flush=True)
         sync_rate = p.done / sync_s
         raw_rate = raw_count / raw_s
+        best_raw = max(raw_rate, raw_count / chunk_s)
         return {
             "messages": raw_count, "bytes": raw_bytes, "sync_msgs_per_s": round(sync_rate, 1),
             "raw_fetch_msgs_per_s": round(raw_rate, 1), "ratio": round(sync_rate / raw_rate, 3),
             "worker_peak_rss_mb": round(sampler.peak / 2**20, 1),
+            "raw_fetch_chunk_msgs_per_s": round(raw_count / chunk_s, 1), "ratio_vs_best_raw": round(sync_rate / best_raw, 3),
+            "worker_processes": sampler.processes,
+            "cpu_ms_per_msg": {k: round(v / p.done * 1e3, 3) for k, v in cpu.items()},
         }
     finally:
         if worker is not None:

@@ -172,14 +172,11 @@ class _Head:
             self.msg = _HEADERS.parsebytes(block, headersonly=True)
             self.index: dict[str, list[str]] | None = None
             return
-        msg = Message()
-        msg._headers = fields  # what the feed parser's set_raw() builds, in order
-        msg._payload = ""      # headersonly: nothing follows the header block
-        self.msg = msg
         index: dict[str, list[str]] = {}
         for name, value in fields:
             index.setdefault(name.lower(), []).append(value)
         self.index = index
+        self.msg = _IndexedMessage(fields, index)
 
     def get(self, name: str) -> object:
         """`Message.get`: the first value (a plain str for an ASCII block), None when absent."""
@@ -192,6 +189,25 @@ class _Head:
         if self.index is None:
             return [str(v) for v in self.msg.get_all(name, [])]
         return self.index.get(name.lower(), [])
+
+
+class _IndexedMessage(Message):
+    """A compat32 Message of an ASCII header block whose field lookups go through a dict.
+
+    For ASCII values compat32 hands back what was stored, so `get` is the first stored value, as
+    Message.get (a scan of every field per call) returns it; get_content_type, get_param and
+    get_content_charset all read through `get`.
+    """
+
+    def __init__(self, fields: list[tuple[str, str]], index: dict[str, list[str]]) -> None:
+        super().__init__()
+        self._headers = fields  # what the feed parser's set_raw() builds, in order
+        self._payload = ""      # headersonly: nothing follows the header block
+        self._index = index
+
+    def get(self, name, failobj=None):  # type: ignore[no-untyped-def,override]
+        values = self._index.get(name.lower())
+        return values[0] if values else failobj
 
 
 def _simple_fields(block: bytes) -> list[tuple[str, str]] | None:
@@ -314,7 +330,7 @@ def _collapse(text: str, *, html: bool) -> str:
     space, and an html prefix ends just after a `>` so that no tag is cut. Once the collapsed
     prefix is longer than the snippet, the rest of the text cannot change it.
     """
-    size = 4 * _SNIPPET_CHARS
+    size = 2 * _SNIPPET_CHARS
     while True:
         cut = size
         if cut < len(text) and html:

@@ -227,7 +227,8 @@ async def _assign_threads(
     await conn.execute(
         """INSERT INTO thread_refs (account_id, ref, thread_id)
            SELECT $1, ref, tid FROM unnest($2::text[], $3::bigint[]) AS t(ref, tid) ORDER BY ref
-           ON CONFLICT (account_id, ref) DO UPDATE SET thread_id = EXCLUDED.thread_id""",
+           ON CONFLICT (account_id, ref) DO UPDATE SET thread_id = EXCLUDED.thread_id
+               WHERE thread_refs.thread_id IS DISTINCT FROM EXCLUDED.thread_id""",
         account_id, [r for r, _ in ref_rows], [t for _, t in ref_rows],
     )
     await conn.execute(

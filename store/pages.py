@@ -237,12 +237,15 @@ async def _assign_threads(
         [pk for pk, _ in msg_rows], [t for _, t in msg_rows],
     )
     await conn.execute(
+        # per thread through its index, whatever the statistics say (a plan that scans every message
+        # and every thread of the account per page makes a long sync quadratic)
         """UPDATE threads t SET message_count = s.n, first_date = s.first, last_date = s.last,
                   subject = COALESCE(s.subject, t.subject)
-           FROM (SELECT thread_id, count(*) AS n, min(sent_at) AS first, max(sent_at) AS last,
-                        (array_agg(subject ORDER BY sent_at NULLS LAST, id))[1] AS subject
-                 FROM messages WHERE thread_id = ANY($1::bigint[]) GROUP BY thread_id) s
-           WHERE t.id = s.thread_id""",
+           FROM unnest($1::bigint[]) AS u(tid)
+           CROSS JOIN LATERAL (SELECT count(*) AS n, min(sent_at) AS first, max(sent_at) AS last,
+                                      (array_agg(subject ORDER BY sent_at NULLS LAST, id))[1] AS subject
+                               FROM messages WHERE thread_id = u.tid) s
+           WHERE t.id = u.tid AND t.id = ANY($1::bigint[]) AND s.n > 0""",
         sorted(touched),
     )
 
@@ -289,9 +292,10 @@ async def reuse_stored(
         return []
     keys = {m.uid: header_key(m.raw) for m in heads}
     rows = await conn.fetch(
-        """SELECT id, header_sha256, size FROM messages
-           WHERE account_id = $1 AND header_sha256 = ANY($2::bytea[])""",
-        account_id, list(set(keys.values())),
+        """SELECT m.id, m.header_sha256, m.size FROM unnest($2::bytea[]) AS u(key)
+           CROSS JOIN LATERAL (SELECT id, header_sha256, size FROM messages
+                               WHERE account_id = $1 AND header_sha256 = u.key) m""",
+        account_id, sorted(set(keys.values())),
     )
     known = {(bytes(r["header_sha256"]), r["size"]): r["id"] for r in rows}
     placed: list[tuple[int, int, list[str], datetime | None]] = []

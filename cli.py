@@ -65,15 +65,22 @@ def run(coro_fn: Callable[[], Awaitable[T]]) -> NoReturn:
         _exit(130)
     except (CliError, ProviderError, TemporalNotConfigured, TemporalUnavailable, AccountNotFound,
             SecretKeyError, DatabaseUnavailable, ValidationError) as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        err.print(f"[red]error:[/red] {_one_line(exc)}", highlight=False, soft_wrap=True)
         _exit(1)
     except Exception as exc:  # a bug or an unclassified failure: still one line, traceback on request
         if os.environ.get("MAILSYNC_DEBUG"):
             err.print_exception()
-        err.print(f"[red]error:[/red] {type(exc).__name__}: {exc} (MAILSYNC_DEBUG=1 for the traceback)",
+        err.print(f"[red]error:[/red] {type(exc).__name__}: {_one_line(exc)} (MAILSYNC_DEBUG=1 for the traceback)",
                   highlight=False, soft_wrap=True)
         _exit(1)
     _exit(result if isinstance(result, int) else 0)
+
+
+def _one_line(exc: BaseException) -> str:
+    """The exception's text on one line, with square brackets kept literal (not read as rich markup)."""
+    from rich.markup import escape
+
+    return escape(" ".join(str(exc).split()))
 
 
 async def _pool(settings: Settings):  # type: ignore[no-untyped-def]
@@ -135,17 +142,136 @@ def account_add_imap(
             folders = await session.list_folders()
         account_id = "acc_" + uuid.uuid4().hex[:12]
         pool = await _pool(settings)
-        async with pool.acquire() as conn:
-            await create_account(
-                conn, account_id=account_id, provider="imap", address=address or username,
-                settings=imap.model_dump(mode="json"), credentials=_box(settings).seal(password.encode(), account_id),
-            )
-        await pool.close()
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                await _refuse_duplicate(conn, "imap", address or username, imap=imap)
+                await create_account(
+                    conn, account_id=account_id, provider="imap", address=address or username,
+                    settings=imap.model_dump(mode="json"),
+                    credentials=_box(settings).seal(password.encode(), account_id),
+                )
+        finally:
+            await pool.close()
         err.print(f"login ok, {len(folders)} folders on {imap.host}; account stored")
         out.print(account_id, highlight=False)
         return 0
 
     run(body)
+
+
+@account_add_app.command("gmail")
+def account_add_gmail(
+    credentials: Path = typer.Option(..., help="credentials JSON: OAuth authorized_user, OAuth client secret file "
+                                     "with a refresh_token, or a service account key (with --user)"),
+    user: str | None = typer.Option(None, help="the mailbox a service account acts for (domain-wide delegation)"),
+    api_endpoint: str | None = typer.Option(None, help="Gmail API base URL (default Google's; a local "
+                                            "Gmail-compatible server for tests)"),
+) -> None:
+    """Check the grant (token refresh + users.getProfile), then store the account with its credentials encrypted."""
+
+    async def body() -> int:
+        from store.accounts import create_account
+
+        settings = get_settings()
+        creds = _gmail_credentials(credentials, user)
+        profile = await _gmail_profile(settings, creds, api_endpoint, credentials)
+        account_id = "acc_" + uuid.uuid4().hex[:12]
+        pool = await _pool(settings)
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                await _refuse_duplicate(conn, "gmail", profile.email)
+                await create_account(
+                    conn, account_id=account_id, provider="gmail", address=profile.email,
+                    settings={"api_endpoint": api_endpoint},
+                    credentials=_box(settings).seal(creds.model_dump_json().encode(), account_id),
+                )
+        finally:
+            await pool.close()
+        err.print(f"grant ok for {profile.email} ({profile.messages_total} messages); account stored",
+                  highlight=False)
+        out.print(account_id, highlight=False)
+        return 0
+
+    run(body)
+
+
+async def _refuse_duplicate(conn: Any, provider: str, address: str, *, imap: Any = None) -> None:
+    """CliError when the account exists already (same provider and address; for IMAP also host + username).
+
+    Call inside the transaction that inserts the account: the advisory lock serializes concurrent adds.
+    """
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtext('mailsync account add'))")
+    existing = await conn.fetchval(
+        "SELECT id FROM accounts WHERE provider = $1 AND lower(address) = lower($2) ORDER BY created_at LIMIT 1",
+        provider, address,
+    )
+    if existing:
+        raise CliError(f"{provider} account {address} exists already ({existing}); "
+                       f"`mailsync account update {existing}` changes its credentials")
+    if imap is not None:
+        existing = await conn.fetchval(
+            """SELECT id FROM accounts WHERE provider = 'imap' AND lower(settings->>'host') = lower($1)
+               AND settings->>'username' = $2 ORDER BY created_at LIMIT 1""",
+            imap.host, imap.username,
+        )
+        if existing:
+            raise CliError(f"an account for {imap.username} on {imap.host} exists already ({existing}); "
+                           f"`mailsync account update {existing}` changes its password")
+
+
+def _gmail_credentials(path: Path, user: str | None, *, default_user: str | None = None) -> Any:
+    """GmailCredentials from a credentials file (providers.gmail.credentials lists the shapes); CliError otherwise.
+
+    `default_user` is the subject a service account key acts for when --user is not given.
+    """
+    from providers.gmail import parse_credentials
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CliError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CliError(f"{path}: cannot read it: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise CliError(f"{path}: not JSON: {exc}") from None
+    if isinstance(data, dict) and not user and "service_account" in (data.get("type"), data.get("kind")):
+        user = default_user
+    try:
+        return parse_credentials(data, subject=user)
+    except ValidationError as exc:
+        reasons = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
+        raise CliError(f"{path}: not usable Gmail credentials: {reasons}") from None
+    except ValueError as exc:
+        raise CliError(f"{path}: {exc}") from None
+
+
+async def _gmail_profile(settings: Settings, creds: Any, api_endpoint: str | None, path: Path) -> Any:
+    """users.getProfile with these credentials (the first request refreshes the token): the grant works.
+
+    Failures become one CliError line saying what to do about them.
+    """
+    from google.auth.exceptions import RefreshError
+
+    from providers.errors import NetworkError
+    from providers.gmail import AccessDenied, AuthExpired, GmailSession, RateLimited
+
+    endpoint = api_endpoint or "the Gmail API"
+    try:
+        async with GmailSession(creds, api_endpoint=api_endpoint, timeout=settings.imap_timeout,
+                                max_retry_rounds=2, max_retry_after=10.0) as gmail:
+            return await gmail.profile()
+    except AuthExpired as exc:
+        cause = exc.__cause__
+        detail = cause.args[0] if isinstance(cause, RefreshError) and cause.args else str(exc)
+        raise CliError(f"Google refused the credentials in {path} ({detail}): the grant is revoked or expired, "
+                       "or the client id/secret is wrong; authorize again and retry") from None
+    except AccessDenied as exc:
+        raise CliError(f"Gmail denied access with the credentials in {path} ({exc}): check the granted scopes "
+                       "and, for a service account, its domain-wide delegation and --user") from None
+    except RateLimited as exc:
+        raise CliError(f"Gmail quota exceeded ({exc}): try again later") from None
+    except NetworkError as exc:
+        raise CliError(f"cannot reach {endpoint} or the token endpoint {creds.token_uri}: {exc}") from None
 
 
 @account_app.command("list")
@@ -176,31 +302,54 @@ def account_list(as_json: bool = typer.Option(False, "--json", help="machine-rea
 @account_app.command("update")
 def account_update(
     account: str = typer.Argument(..., help="account id or address"),
-    password_env: str | None = typer.Option(None, help="read the new password from this environment variable"),
-    password_stdin: bool = typer.Option(False, help="read the new password from the first line of stdin"),
+    password_env: str | None = typer.Option(None, help="IMAP: read the new password from this environment variable"),
+    password_stdin: bool = typer.Option(False, help="IMAP: read the new password from the first line of stdin"),
+    credentials: Path | None = typer.Option(None, help="Gmail: a new credentials JSON file (same shapes as "
+                                            "`account add gmail`)"),
+    user: str | None = typer.Option(None, help="Gmail: the mailbox a service account acts for (default: the "
+                                    "account's address)"),
 ) -> None:
-    """Check and store a new password; a sync parked in auth_failed resumes at once."""
+    """Check and store new credentials (IMAP password, Gmail grant); a sync parked in auth_failed resumes at once."""
 
     async def body() -> int:
-        from providers.imap.client import ImapSession
-        from providers.imap.settings import ImapSettings
         from store.accounts import update_credentials
         from workflows.account_sync import AccountSyncWorkflow
 
         settings = get_settings()
         acc = await _account(settings, account)
-        if acc.provider != "imap":
-            raise CliError(f"{acc.id} is a {acc.provider} account: only IMAP passwords can be updated here")
-        password = _read_password(password_env, password_stdin)
-        imap = ImapSettings.model_validate(acc.settings)
-        async with ImapSession(imap, password, auth_timeout=settings.imap_auth_timeout, timeout=settings.imap_timeout):
-            pass
+        if acc.provider == "gmail":
+            if password_env or password_stdin:
+                raise CliError(f"{acc.id} is a Gmail account: give --credentials FILE, not a password")
+            if credentials is None:
+                raise CliError(f"{acc.id} is a Gmail account: give --credentials FILE")
+            creds = _gmail_credentials(credentials, user, default_user=acc.address)
+            profile = await _gmail_profile(settings, creds, acc.settings.get("api_endpoint"), credentials)
+            if profile.email.lower() != acc.address.lower():
+                raise CliError(f"{credentials} opens the mailbox {profile.email}, not {acc.address}: "
+                               "nothing changed")
+            sealed = _box(settings).seal(creds.model_dump_json().encode(), acc.id)
+            done = f"grant ok; new credentials stored for {acc.id}"
+        elif acc.provider == "imap":
+            from providers.imap.client import ImapSession
+            from providers.imap.settings import ImapSettings
+
+            if credentials is not None or user is not None:
+                raise CliError(f"{acc.id} is an IMAP account: give --password-env VAR or --password-stdin")
+            password = _read_password(password_env, password_stdin)
+            imap = ImapSettings.model_validate(acc.settings)
+            async with ImapSession(imap, password, auth_timeout=settings.imap_auth_timeout,
+                                   timeout=settings.imap_timeout):
+                pass
+            sealed = _box(settings).seal(password.encode(), acc.id)
+            done = f"login ok; new password stored for {acc.id}"
+        else:
+            raise CliError(f"{acc.id}: unknown provider {acc.provider!r}")
         pool = await _pool(settings)
         async with pool.acquire() as conn:
-            await update_credentials(conn, acc.id, _box(settings).seal(password.encode(), acc.id))
+            await update_credentials(conn, acc.id, sealed)
         await pool.close()
-        err.print(f"login ok; new password stored for {acc.id}", highlight=False)
-        # no sync running: the next `sync start` uses the new password
+        err.print(done, highlight=False)
+        # no sync running: the next `sync start` uses the new credentials
         if await _if_running(settings, acc.id, lambda h: h.signal(AccountSyncWorkflow.credentials_updated)):
             err.print("the running sync was told to resume", highlight=False)
         return 0
@@ -609,38 +758,75 @@ def verify(
     account: str = typer.Argument(..., help="account id or address"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Fetch UID + sha256 of every message from the server and compare with the database; exit 0 only if identical."""
+    """Compare every message on the server with the database (IMAP: UID, sha256, flags; Gmail: ids, sha256,
+    labels); exit 0 only if identical."""
 
     async def body() -> int:
-        from providers.imap.client import ImapSession
-        from providers.imap.settings import ImapSettings
         from store.accounts import get_account
-
-        from ops.verify import verify_account
 
         settings = get_settings()
         pool = await _pool(settings)
-        async with pool.acquire() as conn:
-            acc = await get_account(conn, account)
-            password = _box(settings).open(acc.credentials or b"", acc.id).decode()
-            async with ImapSession(ImapSettings.model_validate(acc.settings), password,
-                                   auth_timeout=settings.imap_auth_timeout, timeout=settings.imap_timeout) as s:
-                report = await verify_account(conn, s, acc.id)
-        await pool.close()
-        t = report.totals()
-        if as_json:
-            out.print_json(json.dumps({"identical": report.identical,
-                                       "folders": [vars(f) for f in report.folders], "totals": vars(t)}))
-        else:
-            table = Table("folder", "server", "database", "missing", "extra", "mismatched", "flags differ")
-            for f in [*report.folders, t]:
-                table.add_row(f.folder, str(f.server), str(f.database), str(f.missing), str(f.extra),
-                              str(f.mismatched), str(f.flag_differences))
-            out.print(table)
-            out.print("identical" if report.identical else "[red]NOT identical[/red]")
-        return 0 if report.identical else 2
+        try:
+            async with pool.acquire() as conn:
+                acc = await get_account(conn, account)
+                if acc.provider == "gmail":
+                    return await _verify_gmail(settings, conn, acc, as_json)
+                return await _verify_imap(settings, conn, acc, as_json)
+        finally:
+            await pool.close()
 
     run(body)
+
+
+async def _verify_imap(settings: Settings, conn: Any, acc: Any, as_json: bool) -> int:
+    from ops.verify import verify_account
+    from providers.imap.client import ImapSession
+    from providers.imap.settings import ImapSettings
+
+    password = _box(settings).open(acc.credentials or b"", acc.id).decode()
+    async with ImapSession(ImapSettings.model_validate(acc.settings), password,
+                           auth_timeout=settings.imap_auth_timeout, timeout=settings.imap_timeout) as s:
+        report = await verify_account(conn, s, acc.id)
+    t = report.totals()
+    if as_json:
+        out.print_json(json.dumps({"identical": report.identical,
+                                   "folders": [vars(f) for f in report.folders], "totals": vars(t)}))
+    else:
+        table = Table("folder", "server", "database", "missing", "extra", "mismatched", "flags differ")
+        for f in [*report.folders, t]:
+            table.add_row(f.folder, str(f.server), str(f.database), str(f.missing), str(f.extra),
+                          str(f.mismatched), str(f.flag_differences))
+        out.print(table)
+        out.print("identical" if report.identical else "[red]NOT identical[/red]")
+    return 0 if report.identical else 2
+
+
+async def _verify_gmail(settings: Settings, conn: Any, acc: Any, as_json: bool) -> int:
+    from ops.verify_gmail import verify_gmail_account
+    from providers.gmail import AuthExpired, GmailSession, TokenBucket, parse_credentials
+
+    creds = parse_credentials(json.loads(_box(settings).open(acc.credentials or b"", acc.id)))
+    try:
+        async with GmailSession(creds, api_endpoint=acc.settings.get("api_endpoint"),
+                                batch_uri=acc.settings.get("batch_uri"), timeout=settings.imap_timeout,
+                                bucket=TokenBucket.for_quota(settings.gmail_quota)) as gmail:
+            report = await verify_gmail_account(conn, gmail, acc.id)
+    except AuthExpired:
+        raise CliError(f"Google refused the stored credentials of {acc.id} (revoked or expired grant): "
+                       f"`mailsync account update {acc.id} --credentials FILE` stores new ones") from None
+    if as_json:
+        out.print_json(json.dumps(report.as_dict()))
+        return 0 if report.identical else 2
+    table = Table("label", "server", "database", "missing", "extra", "mismatched")
+    for label in report.labels:
+        table.add_row(label.name, str(label.server), str(label.database), str(label.missing), str(label.extra), "")
+    table.add_row("(all messages)", str(report.server), str(report.database), str(report.missing),
+                  str(report.extra), str(report.mismatched))
+    out.print(table)
+    out.print(f"{report.label_differences} label differences, {report.thread_differences} thread differences",
+              highlight=False)
+    out.print("identical" if report.identical else "[red]NOT identical[/red]")
+    return 0 if report.identical else 2
 
 
 # ---------------------------------------------------------------- db, dev, worker

@@ -65,6 +65,23 @@ class Settings(BaseSettings):
         description="tag account workflows with Mailsync* search attributes (registered by `dev up`)",
     )
     idle_watch: bool = Field(default=True, validation_alias="MAILSYNC_IDLE", description="hold IMAP IDLE on the INBOX")
+    gmail_quota: float = Field(
+        default=250.0, gt=0, validation_alias="MAILSYNC_GMAIL_QUOTA",
+        description="Gmail API units per second per account (Google's per-user limit is 250); every Gmail "
+        "activity of the account gets an equal share of it",
+    )
+    gmail_children: int = Field(
+        default=2, ge=1, le=100, validation_alias="MAILSYNC_GMAIL_CHILDREN",
+        description="ThreadSyncWorkflow children in flight per Gmail account (each runs one activity at a time)",
+    )
+    gmail_thread_batch: int = Field(
+        default=100, ge=1, le=1000, validation_alias="MAILSYNC_GMAIL_THREAD_BATCH",
+        description="threads per ThreadSyncWorkflow child",
+    )
+    gmail_watch_topic: str | None = Field(
+        default=None, validation_alias="MAILSYNC_GMAIL_WATCH_TOPIC",
+        description="Pub/Sub topic for Gmail push (users.watch, renewed daily); unset: no watch, polling only",
+    )
 
     def tuning(self):  # type: ignore[no-untyped-def]
         """The subset of settings that travels in workflow inputs."""
@@ -75,6 +92,8 @@ class Settings(BaseSettings):
             pages_per_run=self.pages_per_run, page_timeout_seconds=self.activity_timeout,
             heartbeat_seconds=self.heartbeat_timeout, poll_seconds=self.poll_interval,
             passes_per_run=self.passes_per_run, watch=self.idle_watch, search_attributes=self.search_attributes,
+            gmail_quota=self.gmail_quota, gmail_children=self.gmail_children,
+            gmail_thread_batch=self.gmail_thread_batch, gmail_watch_topic=self.gmail_watch_topic,
         )
 
 

@@ -22,6 +22,7 @@ from temporalio.worker import (
 )
 
 from activities.accounts import AccountActivities
+from activities.gmail_sync import GmailActivities
 from activities.deps import Deps
 from activities.imap_incremental import ImapIncrementalActivities
 from activities.imap_sync import ImapActivities
@@ -33,6 +34,7 @@ from store.migrate import migrate
 from workflows import search
 from workflows.account_sync import AccountSyncWorkflow
 from workflows.folder_sync import FolderSyncWorkflow
+from workflows.thread_sync import ThreadSyncWorkflow
 
 log = logging.getLogger("mailsync.worker")
 
@@ -102,6 +104,7 @@ def build_workers(client, deps: Deps, *, spread: bool = False) -> list[Worker]: 
     `spread`: this is one of several worker processes on the same queues (see SpreadingActivitySlots).
     """
     imap, live, accounts = ImapActivities(deps), ImapIncrementalActivities(deps), AccountActivities(deps)
+    gmail = GmailActivities(deps)
     slots: dict[str, object] = {"max_concurrent_activities": deps.settings.max_concurrent_activities}
     if spread:
         fixed = FixedSizeSlotSupplier(100)  # the SDK's default for the other slot kinds
@@ -115,10 +118,12 @@ def build_workers(client, deps: Deps, *, spread: bool = False) -> list[Worker]: 
     sync = Worker(
         client,
         task_queue=deps.settings.task_queue,
-        workflows=[AccountSyncWorkflow, FolderSyncWorkflow],
+        workflows=[AccountSyncWorkflow, FolderSyncWorkflow, ThreadSyncWorkflow],
         activities=[
             imap.discover_folders, imap.plan_folder_pages, imap.sync_page, accounts.set_account_status,
             live.probe_account, live.sync_folder_changes, live.record_pass,
+            gmail.describe_account, gmail.gmail_start, gmail.gmail_list_page, gmail.gmail_fetch_messages,
+            gmail.gmail_apply_history, gmail.gmail_reconcile, gmail.gmail_watch,
         ],
         **slots,  # type: ignore[arg-type]
     )

@@ -236,6 +236,11 @@ async def _assign_threads(
            FROM unnest($1::bigint[], $2::bigint[]) AS t(pk, tid) WHERE m.id = t.pk""",
         [pk for pk, _ in msg_rows], [t for _, t in msg_rows],
     )
+    await refresh_thread_stats(conn, sorted(touched))
+
+
+async def refresh_thread_stats(conn: asyncpg.Connection, thread_ids: Sequence[int]) -> None:
+    """Message count, first/last date and subject of these threads, from their messages."""
     await conn.execute(
         # per thread through its index, whatever the statistics say (a plan that scans every message
         # and every thread of the account per page makes a long sync quadratic)
@@ -246,7 +251,7 @@ async def _assign_threads(
                                       (array_agg(subject ORDER BY sent_at NULLS LAST, id))[1] AS subject
                                FROM messages WHERE thread_id = u.tid) s
            WHERE t.id = u.tid AND t.id = ANY($1::bigint[]) AND s.n > 0""",
-        sorted(touched),
+        list(thread_ids),
     )
 
 

@@ -18,21 +18,24 @@ from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflow
 
 with workflow.unsafe.imports_passed_through():
     from activities.accounts import AccountActivities
+    from activities.gmail_sync import GmailActivities
     from activities.imap_incremental import ImapIncrementalActivities
     from activities.imap_sync import ImapActivities
     from workflows.folder_sync import PROGRESS_SIGNAL, FolderSyncWorkflow
     from workflows.models import (
         AccountPhase, AccountProgress, AccountState, AccountSyncInput, AccountSyncResult, CredentialsExpired,
-        DiscoverInput, DiscoverResult, FolderChanges, FolderChangesInput, FolderChangesResult, FolderCursor,
+        DescribeAccountResult, DiscoverInput, DiscoverResult, FolderChanges, FolderChangesInput, FolderChangesResult, FolderCursor,
         FolderPhase, FolderProgress, FolderRef, FolderSyncInput, FolderSyncResult, HistoryInput,
         MailboxChanged, PassResult, ProbeInput, ProbeResult, SetStatusInput, WatchInput, WatchResult,
     )
     from workflows import search
+    from workflows.gmail_flow import GmailFlow
     from workflows.policies import (
-        ACTIVITY_RETRY, PAUSE_AFTER_EXHAUSTED, SHORT_TIMEOUT, failure_message, failure_type,
+        ACTIVITY_RETRY, AUTH_TYPES, PAUSE_AFTER_EXHAUSTED, SHORT_TIMEOUT, AccountAuthFailed, failure_message,
+        failure_type,
     )
 
-_AUTH_TYPES = ("AuthError", "AccountNotFound", "SecretKeyError")
+_AUTH_TYPES = AUTH_TYPES
 BACKFILL_SIGNAL = "backfill_progress"
 _WATCH_ORDER = {"inbox": 0, "sent": 1, "flagged": 2, "archive": 3, "drafts": 4}
 _KEEP_RESULTS = 20
@@ -42,8 +45,7 @@ def account_workflow_id(account_id: str) -> str:
     return f"account-sync/{account_id}"
 
 
-class _AuthFailed(Exception):
-    pass
+_AuthFailed = AccountAuthFailed
 
 
 @workflow.defn
@@ -168,6 +170,14 @@ class AccountSyncWorkflow:
                 name=c.folder.name, role=c.folder.role, phase=FolderPhase.done, total=c.messages or 0,
                 done=c.messages or 0,
             )
+        if st.provider is None:
+            described: DescribeAccountResult = await self._activity(
+                GmailActivities.describe_account, DiscoverInput(account_id=inp.account_id), SHORT_TIMEOUT
+            )
+            st.provider = described.provider
+            self._progress.address = described.address
+        if st.provider == "gmail":
+            return await GmailFlow(self, inp).run()
         while not st.initial_done:
             try:
                 await self._initial(inp)
@@ -324,6 +334,12 @@ class AccountSyncWorkflow:
         await self._activity(
             ImapIncrementalActivities.record_pass, HistoryInput(account_id=inp.account_id, result=result), SHORT_TIMEOUT
         )
+        self._count_pass(result)
+        return result
+
+    def _count_pass(self, result: PassResult) -> None:
+        """A finished pass: counters, last pass, and the answer a waiting `sync_now` returns."""
+        st = self._st
         st.passes = result.seq
         st.last_pass = result
         st.total_new += result.new
@@ -332,7 +348,6 @@ class AccountSyncWorkflow:
         self._results[result.seq] = result
         for old in [k for k in self._results if k <= result.seq - _KEEP_RESULTS]:
             del self._results[old]
-        return result
 
     async def _folder_changes(self, inp: AccountSyncInput, cursor: FolderCursor) -> FolderChanges | None:
         """Apply one folder's changes; None when its UIDVALIDITY moved and it must be rebuilt."""
@@ -387,9 +402,7 @@ class AccountSyncWorkflow:
         await self._activity(
             ImapIncrementalActivities.record_pass, HistoryInput(account_id=inp.account_id, result=result), SHORT_TIMEOUT
         )
-        self._st.passes = result.seq
-        self._st.last_pass = result
-        self._results[result.seq] = result
+        self._count_pass(result)
 
     # ---- backfill -------------------------------------------------------------------------------
 
@@ -492,16 +505,17 @@ class AccountSyncWorkflow:
         workflow.upsert_search_attributes([
             search.ACCOUNT_ID.value_set(self._account_id),
             search.ADDRESS.value_set(self._progress.address or ""),
-            search.PROVIDER.value_set("imap"),
+            search.PROVIDER.value_set(self._st.provider or "imap"),
             search.PHASE.value_set(phase.value),
         ])
 
     async def _wait_for_credentials(self, inp: AccountSyncInput) -> None:
         assert self._progress is not None
         await self._stop_watch()
-        self._publish(AccountPhase.auth_failed)
+        phase = self._auth_phase()
+        self._publish(phase)
         reason = self._auth_error or "authentication failed"
-        await self._set_status(inp.account_id, "auth_failed", reason)
+        await self._set_status(inp.account_id, phase.value, reason)
         self._credentials_updated = False
         await workflow.wait_condition(lambda: self._credentials_updated)
         self._auth_error = None
@@ -568,11 +582,16 @@ class AccountSyncWorkflow:
             self._folders[folder.name] = result.progress
             return result
 
+    def _auth_phase(self) -> AccountPhase:
+        """Gmail grants expire or get revoked (OAuth); IMAP passwords are refused."""
+        return AccountPhase.auth_expired if self._st.provider == "gmail" else AccountPhase.auth_failed
+
     async def _fail_auth(self, inp: AccountSyncInput) -> AccountSyncResult:
         assert self._progress is not None
-        self._publish(AccountPhase.auth_failed)
+        phase = self._auth_phase()
+        self._publish(phase)
         reason = self._auth_error or "authentication failed"
-        await self._set_status(inp.account_id, "auth_failed", reason)
+        await self._set_status(inp.account_id, phase.value, reason)
         raise ApplicationError(
             f"account {inp.account_id}: authentication failed, waiting for new credentials: {reason}",
             type="AuthFailed", non_retryable=True,

@@ -25,6 +25,10 @@ class SyncTuning(BaseModel):
     watch: bool = True               # hold IDLE (or NOOP-poll) on the INBOX between passes
     idle_seconds: float = 25 * 60    # re-issue IDLE this often (RFC 2177: at most 29 min)
     search_attributes: bool = False  # set Mailsync* search attributes (they must exist on the server)
+    gmail_quota: float = 250.0       # Gmail API units/s per account, shared by its activities
+    gmail_children: int = 2          # ThreadSyncWorkflow children in flight per Gmail account
+    gmail_thread_batch: int = 100    # threads per ThreadSyncWorkflow child
+    gmail_watch_topic: str | None = None  # users.watch topic, renewed daily; None: poll only
 
 
 class FolderRef(BaseModel):
@@ -163,6 +167,7 @@ class AccountPhase(str, Enum):
     paused = "paused"
     failed = "failed"
     auth_failed = "auth_failed"
+    auth_expired = "auth_expired"    # Gmail: the OAuth grant was revoked or expired
 
 
 class FolderCursor(BaseModel):
@@ -212,9 +217,30 @@ class PassResult(BaseModel):
         return sum(f.expunged for f in self.folders)
 
 
+class GmailCursor(BaseModel):
+    """Where a Gmail account's mirror stands: the history id up to which changes are persisted."""
+
+    history_id: int | None = None        # every change up to here is in PostgreSQL
+    start_history_id: int | None = None  # the profile's historyId when the running full listing began
+    list_token: str | None = None        # the next messages.list page of that listing
+    listing: bool = False                # a full listing (initial or resync) is under way
+    resync: bool = False                 # that listing is a resync: reconcile deletions and labels first
+    batches: int = 0                     # ThreadSyncWorkflow children started, ever (unique child ids)
+    messages_total: int = 0
+    synced: int = 0                      # messages the current listing has persisted or found stored
+    fetched: int = 0                     # of those, downloaded (the rest were stored already)
+    bytes: int = 0
+    backfill_query: str | None = None    # `before:` of a --since sync: older mail, listed page by page
+    backfill_token: str | None = None
+    watch_expires: datetime | None = None
+    watch_renew_at: datetime | None = None
+
+
 class AccountState(BaseModel):
     """The account workflow's checkpoint, carried across continue-as-new."""
 
+    provider: str | None = None          # imap | gmail, looked up once
+    gmail: GmailCursor = Field(default_factory=GmailCursor)
     cursors: dict[int, FolderCursor] = Field(default_factory=dict)
     initial_done: bool = False
     passes: int = 0                  # incremental passes since the account was added
@@ -338,3 +364,114 @@ class WatchResult(BaseModel):
 class HistoryInput(BaseModel):
     account_id: str
     result: PassResult
+
+
+# ---- Gmail -------------------------------------------------------------------------------------
+
+
+class DescribeAccountResult(BaseModel):
+    provider: str
+    address: str
+
+
+class GmailStartInput(BaseModel):
+    account_id: str
+    units_per_second: float
+
+
+class GmailStartResult(BaseModel):
+    """The profile (address, current historyId, size) and the labels, upserted."""
+
+    address: str
+    history_id: int
+    messages_total: int
+    labels: int
+    labels_removed: int
+
+
+class ThreadBatch(BaseModel):
+    """Threads one ThreadSyncWorkflow mirrors, with the ids of their messages the listing returned."""
+
+    thread_ids: list[str]
+    message_ids: list[str]
+
+
+class GmailListInput(BaseModel):
+    account_id: str
+    page_token: str | None = None
+    query: str | None = None             # Gmail search (`after:` for a --since window)
+    page_size: int = 500
+    thread_batch: int = 100
+    units_per_second: float
+
+
+class GmailListResult(BaseModel):
+    batches: list[ThreadBatch]
+    next_page_token: str | None = None
+    listed: int = 0
+
+
+class ThreadSyncInput(BaseModel):
+    account_id: str
+    batch: ThreadBatch
+    units_per_second: float
+    timeout_seconds: float = 600.0
+    heartbeat_seconds: float = 60.0
+
+
+class GmailFetchInput(BaseModel):
+    account_id: str
+    message_ids: list[str]
+    units_per_second: float
+
+
+class GmailFetchResult(BaseModel):
+    """What one batch of threads took: messages fetched and persisted, already stored, gone (404)."""
+
+    threads: int = 0
+    listed: int = 0
+    fetched: int = 0
+    reused: int = 0                      # already stored: no body downloaded
+    new_messages: int = 0
+    missing: int = 0
+    bytes: int = 0
+    parse_errors: int = 0
+    retried_parts: int = 0
+
+
+class GmailHistoryInput(BaseModel):
+    account_id: str
+    start_history_id: int
+    units_per_second: float
+
+
+class GmailHistoryResult(BaseModel):
+    history_id: int                      # persisted up to here
+    records: int = 0
+    added: int = 0
+    deleted: int = 0
+    relabeled: int = 0
+    labels_removed: int = 0
+    bytes: int = 0
+
+
+class GmailReconcileInput(BaseModel):
+    account_id: str
+    units_per_second: float
+
+
+class GmailReconcileResult(BaseModel):
+    listed: int
+    deleted: int
+    label_rows_changed: int
+
+
+class GmailWatchInput(BaseModel):
+    account_id: str
+    topic: str
+    units_per_second: float
+
+
+class GmailWatchResult(BaseModel):
+    history_id: int
+    expiration: datetime

@@ -20,6 +20,14 @@ QUICK_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1), backoff_coefficient=2.0, maximum_interval=timedelta(seconds=30),
     maximum_attempts=0,
 )
+# Failure types that mean "these credentials no longer work": the account waits for new ones.
+AUTH_TYPES = ("AuthError", "AuthExpired", "AccessDenied", "AccountNotFound", "SecretKeyError")
+
+
+class AccountAuthFailed(Exception):
+    """Raised inside an account workflow run when the provider refused the credentials."""
+
+
 PAUSE_AFTER_EXHAUSTED = timedelta(seconds=60)
 SHORT_TIMEOUT = timedelta(minutes=2)
 

@@ -1,0 +1,246 @@
+"""Gmail activities: profile and labels, one listing page, one batch of threads, history, reconcile, watch.
+
+Thin: a GmailSession (providers.gmail) paying the share of the account's quota the workflow gave
+this activity, and the store (store.gmail). Bodies never leave the activity; it returns counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from datetime import timezone
+
+from temporalio import activity
+
+from activities.deps import Deps
+from activities.errors import classified_errors
+from mail.parse import parse_many
+from providers.gmail import (
+    GmailSession, HistoryChange, LabelsAdded, LabelsRemoved, MessageAdded, MessageDeleted,
+)
+from store.accounts import get_account
+from store.gmail import (
+    current_labels, live_gmail_ids, mark_deleted, persist_gmail_messages, replace_label_members,
+    set_message_labels, stored_gmail_ids, thread_unthreaded, upsert_labels,
+)
+from workflows.models import (
+    DescribeAccountResult, DiscoverInput, GmailFetchInput, GmailFetchResult, GmailHistoryInput, GmailHistoryResult,
+    GmailListInput, GmailListResult, GmailReconcileInput, GmailReconcileResult, GmailStartInput, GmailStartResult,
+    GmailWatchInput, GmailWatchResult, ThreadBatch,
+)
+
+_HEARTBEAT_EVERY_S = 5.0
+_HISTORY_TYPES = ("messageAdded", "messageDeleted", "labelAdded", "labelRemoved")
+
+
+@contextlib.asynccontextmanager
+async def _heartbeating(progress: Callable[[], object]) -> AsyncIterator[None]:
+    """Heartbeat `progress()` every few seconds while the body runs (a quota-bound fetch waits a lot)."""
+    info = activity.info()
+    timeout = info.heartbeat_timeout.total_seconds() if info.heartbeat_timeout else 60.0
+    every = min(_HEARTBEAT_EVERY_S, timeout / 3)
+
+    async def beat() -> None:
+        while True:
+            activity.heartbeat(progress())
+            await asyncio.sleep(every)
+
+    task = asyncio.create_task(beat())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def _thread_batches(pairs: list[tuple[str, str]], per_batch: int) -> list[ThreadBatch]:
+    """Group a listing page by thread (first-seen order: newest activity first), `per_batch` threads each."""
+    threads: dict[str, list[str]] = {}
+    for message_id, thread_id in pairs:
+        threads.setdefault(thread_id, []).append(message_id)
+    order = list(threads)
+    batches = []
+    for i in range(0, len(order), per_batch):
+        chunk = order[i : i + per_batch]
+        batches.append(ThreadBatch(thread_ids=chunk, message_ids=[m for t in chunk for m in threads[t]]))
+    return batches
+
+
+class GmailActivities:
+    def __init__(self, deps: Deps) -> None:
+        self.deps = deps
+
+    async def _session(self, account_id: str, units_per_second: float) -> GmailSession:
+        return await self.deps.gmail_session(account_id, units_per_second)
+
+    @activity.defn
+    async def describe_account(self, inp: DiscoverInput) -> DescribeAccountResult:
+        async with classified_errors():
+            async with self.deps.pool.acquire() as conn:
+                account = await get_account(conn, inp.account_id)
+            return DescribeAccountResult(provider=account.provider, address=account.address)
+
+    @activity.defn
+    async def gmail_start(self, inp: GmailStartInput) -> GmailStartResult:
+        """The profile (historyId to resume from) and the labels, upserted (removed ones deleted)."""
+        async with classified_errors():
+            async with await self._session(inp.account_id, inp.units_per_second) as gmail:
+                # the historyId first: whatever changes while we list is replayed from it afterwards
+                profile = await gmail.profile()
+                labels = await gmail.labels()
+            async with self.deps.pool.acquire() as conn:
+                synced = await upsert_labels(conn, inp.account_id, labels)
+            return GmailStartResult(
+                address=profile.email, history_id=profile.history_id, messages_total=profile.messages_total,
+                labels=synced.labels, labels_removed=synced.removed,
+            )
+
+    @activity.defn
+    async def gmail_list_page(self, inp: GmailListInput) -> GmailListResult:
+        """One messages.list page (ids and thread ids, newest first), as batches of threads."""
+        async with classified_errors():
+            async with await self._session(inp.account_id, inp.units_per_second) as gmail:
+                pairs, token = await gmail.list_messages(inp.page_token, q=inp.query, page_size=inp.page_size)
+            return GmailListResult(
+                batches=_thread_batches(pairs, inp.thread_batch), next_page_token=token, listed=len(pairs)
+            )
+
+    @activity.defn
+    async def gmail_fetch_messages(self, inp: GmailFetchInput) -> GmailFetchResult:
+        """Raw bytes of the batch's messages not stored yet, in Gmail batches, persisted as each arrives.
+
+        A retried attempt skips what the earlier one persisted (looked up, not remembered), so it resumes
+        mid-batch; messages gone since the listing (404) are counted as missing.
+        """
+        result = GmailFetchResult(listed=len(inp.message_ids))
+        async with classified_errors(), _heartbeating(lambda: result.fetched + result.reused):
+            async with self.deps.pool.acquire() as conn:
+                stored = await stored_gmail_ids(conn, inp.account_id, inp.message_ids)
+                if stored:  # an earlier attempt may have died between a batch's two transactions
+                    await thread_unthreaded(conn, inp.account_id, sorted(stored))
+            result.reused = len(stored)
+            wanted = [m for m in inp.message_ids if m not in stored]
+            async with await self._session(inp.account_id, inp.units_per_second) as gmail:
+                async with contextlib.aclosing(gmail.iter_raw_messages(wanted)) as batches:
+                    async for batch in batches:
+                        result.missing += len(batch.missing)
+                        result.retried_parts += batch.retried_parts
+                        if not batch.messages:
+                            continue
+                        parsed = await asyncio.to_thread(parse_many, [m.raw for m in batch.messages])
+                        async with self.deps.pool.acquire() as conn:
+                            written = await persist_gmail_messages(conn, inp.account_id, batch.messages, parsed)
+                        result.fetched += written.messages
+                        result.new_messages += written.new_messages
+                        result.bytes += written.bytes
+                        result.parse_errors += written.parse_errors
+            return result
+
+    @activity.defn
+    async def gmail_apply_history(self, inp: GmailHistoryInput) -> GmailHistoryResult:
+        """Every change since `start_history_id`, applied idempotently; the result's history_id is where
+        the mirror now stands (the workflow stores it only after this returns: nothing is skipped).
+
+        Changes are replayed per message in history order: a message added and deleted within the window
+        is never fetched; added messages are fetched raw (their labels come with them); label changes on
+        stored messages are applied to the stored set. `HistoryExpired` (404) ends the activity for good:
+        the workflow resyncs.
+        """
+        records: list[HistoryChange] = []
+        result = GmailHistoryResult(history_id=inp.start_history_id)
+        async with classified_errors(), _heartbeating(lambda: len(records)):
+            async with await self._session(inp.account_id, inp.units_per_second) as gmail:
+                token: str | None = None
+                latest = inp.start_history_id
+                while True:
+                    page = await gmail.history(inp.start_history_id, token, history_types=_HISTORY_TYPES)
+                    records.extend(page.records)
+                    latest = max(latest, page.history_id)
+                    token = page.next_page_token
+                    if not token:
+                        break
+                result.records = len(records)
+                # labels may have been created, renamed or deleted: history does not say
+                labels = await gmail.labels()
+                async with self.deps.pool.acquire() as conn:
+                    result.labels_removed = (await upsert_labels(conn, inp.account_id, labels)).removed
+                touched = list(dict.fromkeys(r.message_id for r in records))
+                async with self.deps.pool.acquire() as conn:
+                    stored = await current_labels(conn, inp.account_id, touched)
+                deleted: set[str] = set()
+                labels_now = {k: set(v) for k, v in stored.items()}
+                for change in sorted(records, key=lambda r: r.history_id):  # stable: a record's own order kept
+                    mid = change.message_id
+                    if isinstance(change, MessageDeleted):
+                        deleted.add(mid)
+                    elif isinstance(change, MessageAdded):
+                        deleted.discard(mid)
+                    elif isinstance(change, LabelsAdded) and mid in labels_now:
+                        labels_now[mid] |= set(change.label_ids)
+                    elif isinstance(change, LabelsRemoved) and mid in labels_now:
+                        labels_now[mid] -= set(change.label_ids)
+                # anything touched that we do not hold (added, or changed before we ever saw it) is fetched
+                to_fetch = [m for m in touched if m not in stored and m not in deleted]
+                gone: list[str] = sorted(deleted)
+                async with contextlib.aclosing(gmail.iter_raw_messages(to_fetch)) as batches:
+                    async for batch in batches:
+                        gone.extend(batch.missing)  # deleted since: the history will say so too
+                        if not batch.messages:
+                            continue
+                        parsed = await asyncio.to_thread(parse_many, [m.raw for m in batch.messages])
+                        async with self.deps.pool.acquire() as conn:
+                            written = await persist_gmail_messages(conn, inp.account_id, batch.messages, parsed)
+                        result.added += written.messages
+                        result.bytes += written.bytes
+            async with self.deps.pool.acquire() as conn:
+                relabel = {m: labels_now[m] for m in labels_now if m not in deleted and labels_now[m] != stored[m]}
+                async with conn.transaction():
+                    await set_message_labels(conn, inp.account_id, relabel)
+                result.relabeled = len(relabel)
+                result.deleted = await mark_deleted(conn, inp.account_id, gone)
+            result.history_id = latest
+            return result
+
+    @activity.defn
+    async def gmail_reconcile(self, inp: GmailReconcileInput) -> GmailReconcileResult:
+        """Before a resync's listing: stored messages Gmail no longer lists are marked deleted, and every
+        label's membership is rebuilt from `messages.list?labelIds=…` (5 units per 500 ids, where
+        fetching each message's labels would cost 5 units per message). New messages are the listing's job."""
+        listed: set[str] = set()
+        changed = 0
+        async with classified_errors(), _heartbeating(lambda: len(listed)):
+            async with await self._session(inp.account_id, inp.units_per_second) as gmail:
+                token: str | None = None
+                while True:
+                    pairs, token = await gmail.list_messages(token)
+                    listed.update(m for m, _ in pairs)
+                    if not token:
+                        break
+                async with self.deps.pool.acquire() as conn:
+                    gone = await live_gmail_ids(conn, inp.account_id) - listed
+                    deleted = await mark_deleted(conn, inp.account_id, gone)
+                for label in await gmail.labels(with_counts=False):
+                    members: set[str] = set()
+                    token = None
+                    while True:
+                        pairs, token = await gmail.list_messages(token, label_ids=[label.id])
+                        members.update(m for m, _ in pairs)
+                        if not token:
+                            break
+                    async with self.deps.pool.acquire() as conn:
+                        changed += await replace_label_members(conn, inp.account_id, label.id, members)
+            return GmailReconcileResult(listed=len(listed), deleted=deleted, label_rows_changed=changed)
+
+    @activity.defn
+    async def gmail_watch(self, inp: GmailWatchInput) -> GmailWatchResult:
+        """users.watch on the Pub/Sub topic (start or renew: Gmail wants it renewed at least weekly)."""
+        async with classified_errors():
+            async with await self._session(inp.account_id, inp.units_per_second) as gmail:
+                watch = await gmail.watch(inp.topic)
+            expiration = watch.expiration
+            if expiration.tzinfo is None:
+                expiration = expiration.replace(tzinfo=timezone.utc)
+            return GmailWatchResult(history_id=watch.history_id, expiration=expiration)
+

@@ -1,0 +1,402 @@
+"""Gmail accounts end to end: the account workflow against the local Gmail API (devkit.gmail_fake),
+driven through google-api-python-client, into the session's PostgreSQL, on the session's Temporal.
+
+The mirror is checked against the fake's own state (ids, exact raw bytes, labels, thread ids), and
+quota against the fake's per-user sliding-window counters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import itertools
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import date, datetime, timezone
+from pathlib import Path
+
+import asyncpg
+import pytest
+from temporalio.client import Client, WorkflowHandle
+from temporalio.common import WorkflowIDConflictPolicy
+
+from config import Settings
+from devkit.corpus import generate_corpus
+from devkit.gmail_fake import GmailFake
+from devkit.gmail_fake.seed import seed_messages
+from gateway.server import BackgroundServer
+from providers.gmail import GmailCredentials
+from store.accounts import create_account
+from store.crypto import CredentialBox
+from tests.conftest import REPO, TEST_TUNING, run_sync
+from tests.test_gateway import TOKEN, gateway_settings
+from workflows.account_sync import AccountSyncWorkflow, account_workflow_id
+from workflows.models import AccountPhase, AccountProgress, AccountSyncInput, PassResult, SyncTuning
+
+pytestmark = pytest.mark.usefixtures("worker")
+
+FAST_QUOTA = 5000  # units/s for tests that check the mirror, not the quota (Google's is 250)
+FAST = TEST_TUNING.model_copy(update={
+    "gmail_quota": FAST_QUOTA, "gmail_children": 3, "gmail_thread_batch": 40, "poll_seconds": 3600,
+})
+_users = itertools.count(1)
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[GmailFake]:
+    with GmailFake.start(quota_limit=FAST_QUOTA) as server:
+        yield server
+
+
+@dataclass
+class GmailAccount:
+    id: str
+    user: str
+
+
+async def add_gmail_account(
+    fake: GmailFake, pool: asyncpg.Pool, box: CredentialBox, messages: int = 0, *, seed: int = 0,
+    folders: tuple[str, ...] = ("INBOX", "Sent", "Archive", "Lists/Python", "Spam", "Trash"),
+) -> GmailAccount:
+    user = f"user{next(_users)}-{uuid.uuid4().hex[:6]}@example.com"
+    fake.add_user(user)
+    if messages:
+        fake.seed(user, messages, seed=seed, folders=folders)
+    creds = GmailCredentials.oauth("mailsync-test-client", "test-secret", fake.refresh_token(user), token_uri=fake.token_uri)
+    account_id = "gm_" + uuid.uuid4().hex[:10]
+    async with pool.acquire() as conn:
+        await create_account(
+            conn, account_id=account_id, provider="gmail", address=user, settings={"api_endpoint": fake.endpoint},
+            credentials=box.seal(creds.model_dump_json().encode(), account_id),
+        )
+    return GmailAccount(account_id, user)
+
+
+async def assert_mirror(pool: asyncpg.Pool, fake: GmailFake, account: GmailAccount) -> None:
+    """Every live Gmail message stored byte for byte, with exactly its labels and its Gmail thread."""
+    server = {mid: fake.message(account.user, mid) for mid in fake.message_ids(account.user)}
+    rows = await pool.fetch(
+        """SELECT g.gmail_id, g.gmail_thread_id, b.raw, t.provider_thread_id,
+                  array(SELECT l.label_id FROM gmail_message_labels l
+                        WHERE l.account_id = g.account_id AND l.gmail_id = g.gmail_id) AS labels
+           FROM gmail_messages g JOIN messages m ON m.id = g.message_pk
+           JOIN message_bodies b ON b.account_id = m.account_id AND b.sha256 = m.sha256
+           LEFT JOIN threads t ON t.id = m.thread_id
+           WHERE g.account_id = $1 AND g.deleted_at IS NULL""",
+        account.id,
+    )
+    stored = {r["gmail_id"]: r for r in rows}
+    assert set(stored) == set(server), (len(set(server) - set(stored)), len(set(stored) - set(server)))
+    for mid, msg in server.items():
+        row = stored[mid]
+        assert bytes(row["raw"]) == msg.raw, mid
+        assert set(row["labels"]) == set(msg.labels), (mid, row["labels"], list(msg.labels))
+        assert row["gmail_thread_id"] == msg.thread_id
+    # thread membership: every message in the thread row of its Gmail thread; the same bytes under two
+    # Gmail ids are one message, in the thread of one of them
+    shared = {sha for sha, n in Counter(hashlib.sha256(m.raw).digest() for m in server.values()).items() if n > 1}
+    for mid, row in stored.items():
+        assert row["provider_thread_id"] is not None, mid
+        if hashlib.sha256(server[mid].raw).digest() not in shared:
+            assert row["provider_thread_id"] == row["gmail_thread_id"], mid
+
+
+async def start_live(client: Client, account_id: str, tuning: SyncTuning = FAST) -> WorkflowHandle:
+    await client.start_workflow(
+        AccountSyncWorkflow.run, AccountSyncInput(account_id=account_id, tuning=tuning),
+        id=account_workflow_id(account_id), task_queue="mailsync-test",
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+    )
+    handle = client.get_workflow_handle(account_workflow_id(account_id))
+    await asyncio.wait_for(handle.execute_update(AccountSyncWorkflow.wait_initial), 180)
+
+    async def settled() -> bool:  # the pass that replays what changed during the initial listing is done
+        p = await handle.query(AccountSyncWorkflow.progress)
+        return p.passes >= 1 and p.phase == AccountPhase.idle
+
+    assert await until(settled)
+    return handle
+
+
+async def sync_now(handle: WorkflowHandle) -> PassResult:
+    return await asyncio.wait_for(handle.execute_update(AccountSyncWorkflow.sync_now), 120)
+
+
+async def until(predicate, timeout: float = 30.0, every: float = 0.1):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        await asyncio.sleep(every)
+
+
+async def test_full_sync_mirrors_messages_labels_and_threads(
+    fake: GmailFake, pool: asyncpg.Pool, box: CredentialBox, client: Client
+) -> None:
+    account = await add_gmail_account(fake, pool, box, 1500, seed=51)
+    fake.reset_stats()
+    result = await run_sync(client, account.id, tuning=FAST, timeout=300)
+    assert result.phase == AccountPhase.completed
+    await assert_mirror(pool, fake, account)
+    stats = fake.stats(account.user)
+    assert stats.calls.get("messages.get", 0) == 1500  # each message fetched once, raw, in batches
+    assert stats.batch_requests >= 1500 // 100
+    assert stats.max_units_in_window <= FAST_QUOTA
+    labels = await pool.fetch("SELECT label_id, name, type FROM gmail_labels WHERE account_id = $1", account.id)
+    names = {r["name"] for r in labels}
+    assert {"INBOX", "SENT", "SPAM", "TRASH", "Lists/Python"} <= names
+    threads = await pool.fetchval(
+        "SELECT count(*) FROM threads WHERE account_id = $1 AND provider_thread_id IS NOT NULL", account.id)
+    assert 1 < threads < 1500
+    assert threads == len(fake.thread_ids(account.user))
+    contacts = await pool.fetchval("SELECT count(*) FROM contacts WHERE account_id = $1", account.id)
+    assert contacts > 10
+    progress: AccountProgress = result.progress
+    assert progress.done == 1500 and progress.total == 1500
+    # the same sync again changes nothing and downloads nothing
+    fake.reset_stats()
+    before = await pool.fetchval("SELECT count(*) FROM messages WHERE account_id = $1", account.id)
+    again = await run_sync(client, account.id, tuning=FAST, timeout=300)
+    assert again.phase == AccountPhase.completed
+    assert fake.stats(account.user).calls.get("messages.get", 0) == 0
+    assert await pool.fetchval("SELECT count(*) FROM messages WHERE account_id = $1", account.id) == before
+    await assert_mirror(pool, fake, account)
+
+
+async def test_history_changes_are_applied_and_expired_history_resyncs_without_downloads(
+    fake: GmailFake, pool: asyncpg.Pool, box: CredentialBox, client: Client
+) -> None:
+    account = await add_gmail_account(fake, pool, box, 300, seed=52)
+    handle = await start_live(client, account.id)
+    await assert_mirror(pool, fake, account)
+    user = account.user
+    ids = fake.message_ids(user)
+    # add (one into an existing thread, one new), delete, relabel, trash, a new label
+    new_ids = seed_messages(fake, user, generate_corpus(5, seed=99, folders=("INBOX", "Work")))
+    fake.delete_message(user, ids[10])
+    fake.modify_labels(user, ids[20], add=["STARRED"], remove=["UNREAD"])
+    fake.trash(user, ids[30])
+    label = fake.create_label(user, "Receipts", color=("#000000", "#ffffff"))
+    fake.modify_labels(user, ids[40], add=[label])
+    fake.modify_labels(user, new_ids[0], add=[label])  # added then relabelled in the same window
+    gone_soon = seed_messages(fake, user, generate_corpus(1, seed=98))[0]
+    fake.delete_message(user, gone_soon)  # added and deleted before we look: never fetched
+    fake.reset_stats()
+    result = await sync_now(handle)
+    assert result.error is None
+    assert result.new == 5 and result.expunged == 1
+    assert result.updated >= 3
+    assert fake.stats(user).calls.get("messages.get", 0) == 5
+    await assert_mirror(pool, fake, account)
+    assert await pool.fetchval(
+        "SELECT name FROM gmail_labels WHERE account_id = $1 AND label_id = $2", account.id, label) == "Receipts"
+    deleted = await pool.fetchval(
+        "SELECT deleted_at IS NOT NULL FROM gmail_messages WHERE account_id = $1 AND gmail_id = $2",
+        account.id, ids[10])
+    assert deleted
+    # nothing new: a pass costs history.list and labels, no message
+    fake.reset_stats()
+    quiet = await sync_now(handle)
+    assert quiet.new == 0 and quiet.expunged == 0 and quiet.updated == 0
+    assert fake.stats(user).calls.get("messages.get", 0) == 0
+
+    # Gmail forgets our historyId: 404 -> full resync that downloads only what is new
+    more = seed_messages(fake, user, generate_corpus(3, seed=97))
+    fake.delete_message(user, ids[50])
+    fake.modify_labels(user, ids[60], add=["IMPORTANT", label])
+    fake.expire_history(user)
+    fake.reset_stats()
+    resync = await sync_now(handle)
+    assert resync.kind == "resync"
+    assert resync.new == 3
+    assert resync.expunged == 1
+    assert fake.stats(user).calls.get("messages.get", 0) == len(more)
+    await assert_mirror(pool, fake, account)
+    # and history works again from the resync's starting point
+    fake.modify_labels(user, ids[70], add=["STARRED"])
+    after = await sync_now(handle)
+    assert after.kind == "incremental" and after.updated == 1
+    await assert_mirror(pool, fake, account)
+    await handle.terminate()
+
+
+async def test_quota_is_never_exceeded_and_a_429_burst_is_absorbed(
+    pool: asyncpg.Pool, box: CredentialBox, client: Client
+) -> None:
+    with GmailFake.start(quota_limit=250) as strict:
+        account = await add_gmail_account(strict, pool, box, 400, seed=53)
+        strict.reset_stats()
+        strict.force_rate_limit(6, user=account.user, retry_after=1)
+        tuning = TEST_TUNING.model_copy(update={"gmail_quota": 250, "gmail_children": 2, "gmail_thread_batch": 50})
+        started = time.monotonic()
+        result = await run_sync(client, account.id, tuning=tuning, timeout=300)
+        elapsed = time.monotonic() - started
+        assert result.phase == AccountPhase.completed
+        await assert_mirror(pool, strict, account)
+        stats = strict.stats(account.user)
+        assert stats.max_units_in_window <= 250, stats
+        assert stats.forced_errors == 6
+        # at 250 units/s, 400 raw gets (2,000 units) cannot take less than ~8 s
+        assert elapsed > 2000 / 250, elapsed
+
+
+async def test_revoked_grant_parks_the_account_until_credentials_are_updated(
+    fake: GmailFake, pool: asyncpg.Pool, box: CredentialBox, client: Client
+) -> None:
+    account = await add_gmail_account(fake, pool, box, 40, seed=54)
+    handle = await start_live(client, account.id)
+    fake.revoke(account.user)
+    fake.reset_stats()
+    refreshes = fake.token_refreshes
+    with pytest.raises(Exception):
+        await sync_now(handle)
+
+    async def parked() -> bool:
+        p = await handle.query(AccountSyncWorkflow.progress)
+        status = await pool.fetchval("SELECT status FROM accounts WHERE id = $1", account.id)
+        return p.phase == AccountPhase.auth_expired and status == "auth_expired"
+
+    assert await until(parked)
+    await asyncio.sleep(2.0)
+    assert fake.stats(account.user).http_requests <= 2  # no retry storm
+    assert fake.token_refreshes == refreshes
+    # new consent: a fresh refresh token stored, the workflow told
+    token = fake.set_refresh_token(account.user)
+    creds = GmailCredentials.oauth("mailsync-test-client", "test-secret", token, token_uri=fake.token_uri)
+    await pool.execute(
+        "UPDATE accounts SET credentials = $2 WHERE id = $1", account.id,
+        box.seal(creds.model_dump_json().encode(), account.id),
+    )
+    await handle.signal(AccountSyncWorkflow.credentials_updated)
+
+    async def idle() -> bool:
+        return (await handle.query(AccountSyncWorkflow.progress)).phase == AccountPhase.idle
+
+    assert await until(idle)
+    seed_messages(fake, account.user, generate_corpus(2, seed=96))
+    assert (await sync_now(handle)).new == 2
+    await assert_mirror(pool, fake, account)
+    await handle.terminate()
+
+
+async def test_worker_killed_mid_fan_out_resumes_without_duplicates(
+    pool: asyncpg.Pool, box: CredentialBox, client: Client, cli_env: dict[str, str], tmp_path: Path,
+) -> None:
+    with GmailFake.start(quota_limit=1500) as slow:
+        account = await add_gmail_account(slow, pool, box, 1200, seed=55)
+        queue = "mailsync-gmail-kill-" + uuid.uuid4().hex[:8]
+        env = cli_env | {"MAILSYNC_TASK_QUEUE": queue, "MAILSYNC_WORKER_PROCESSES": "1"}
+        logs: list[Path] = []
+
+        def start_worker() -> subprocess.Popen[bytes]:
+            log = tmp_path / f"worker-{len(logs)}.log"
+            logs.append(log)
+            return subprocess.Popen(
+                [sys.executable, str(REPO / "worker.py")], cwd=REPO, env=env, stdout=log.open("wb"),
+                stderr=subprocess.STDOUT,
+            )
+
+        tuning = TEST_TUNING.model_copy(update={
+            "gmail_quota": 1500, "gmail_children": 3, "gmail_thread_batch": 30, "heartbeat_seconds": 3,
+        })
+        proc = start_worker()
+        sync = asyncio.create_task(run_sync(client, account.id, task_queue=queue, tuning=tuning, timeout=300))
+        rng = random.Random(4321)
+        kills = 0
+        try:
+            for _ in range(3):
+                await asyncio.sleep(rng.uniform(1.5, 3.0))
+                if sync.done():
+                    break
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait()
+                kills += 1
+                proc = start_worker()
+            result = await sync
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        assert kills >= 2, "the sync finished before the worker could be killed twice: grow the mailbox"
+        assert result.phase == AccountPhase.completed
+        await assert_mirror(pool, slow, account)
+        assert await pool.fetchval("SELECT count(*) FROM gmail_messages WHERE account_id = $1", account.id) == 1200
+        dup = await pool.fetchval(
+            """SELECT count(*) FROM (SELECT sha256 FROM messages WHERE account_id = $1
+                                     GROUP BY sha256 HAVING count(*) > 1) d""", account.id)
+        assert dup == 0
+        # resumed, not restarted: re-downloads are bounded by the batches in flight at each kill
+        fetched = slow.stats(account.user).calls.get("messages.get", 0)
+        assert fetched < 1200 + kills * 3 * 100, fetched
+
+
+async def test_watch_push_through_the_gateway_syncs_new_mail(
+    pool: asyncpg.Pool, box: CredentialBox, client: Client, settings: Settings,
+) -> None:
+    """users.watch by the workflow, the fake's Pub/Sub push to the real gateway, a signal, a pass."""
+    with GmailFake.start(quota_limit=FAST_QUOTA) as pushing, \
+            BackgroundServer(gateway_settings(settings, MAILSYNC_TASK_QUEUE="mailsync-test")) as gw:
+        pushing.set_push_url(f"{gw.url}/webhooks/gmail?token={TOKEN}")
+        account = await add_gmail_account(pushing, pool, box, 30, seed=56)
+        tuning = FAST.model_copy(update={"gmail_watch_topic": "projects/mailsync-test/topics/gmail"})
+        handle = await start_live(client, account.id, tuning)
+        assert pushing.stats(account.user).calls.get("watch", 0) == 1
+        new = seed_messages(pushing, account.user, generate_corpus(2, seed=95))
+
+        async def arrived() -> bool:
+            n = await pool.fetchval(
+                "SELECT count(*) FROM gmail_messages WHERE account_id = $1 AND gmail_id = ANY($2::text[])",
+                account.id, new)
+            return n == 2
+
+        started = time.monotonic()
+        assert await until(arrived, timeout=20), pushing.notifications
+        assert time.monotonic() - started < 10
+        assert pushing.notifications and pushing.notifications[-1]["emailAddress"] == account.user
+        await assert_mirror(pool, pushing, account)
+        await handle.terminate()
+
+
+async def test_since_window_first_then_older_mail_in_the_background(
+    fake: GmailFake, pool: asyncpg.Pool, box: CredentialBox, client: Client
+) -> None:
+    account = await add_gmail_account(fake, pool, box, 200, seed=57)
+    since = date(2019, 6, 8)
+    cut = datetime(2019, 6, 8, tzinfo=timezone.utc).timestamp() * 1000
+    recent = {m for m in fake.message_ids(account.user) if fake.message(account.user, m).internal_date_ms >= cut}
+    assert 20 < len(recent) < 180
+    # small pages of older mail, so the backfill takes several steps between passes
+    tuning = FAST.model_copy(update={"gmail_thread_batch": 10, "gmail_children": 1})
+    await client.start_workflow(
+        AccountSyncWorkflow.run, AccountSyncInput(account_id=account.id, tuning=tuning, since=since),
+        id=account_workflow_id(account.id), task_queue="mailsync-test",
+    )
+    handle = client.get_workflow_handle(account_workflow_id(account.id))
+    usable = await asyncio.wait_for(handle.execute_update(AccountSyncWorkflow.wait_initial), 120)
+    assert usable.phase == AccountPhase.backfill
+    stored = {r["gmail_id"] for r in await pool.fetch(
+        "SELECT gmail_id FROM gmail_messages WHERE account_id = $1", account.id)}
+    assert recent <= stored  # usable: the whole window is there when wait_initial returns
+
+    async def complete() -> bool:
+        p = await handle.query(AccountSyncWorkflow.progress)
+        return p.phase == AccountPhase.idle
+
+    assert await until(complete, timeout=120)
+    await assert_mirror(pool, fake, account)
+    # a change during/after the backfill is picked up by the next pass
+    fake.modify_labels(account.user, sorted(recent)[0], add=["STARRED"])
+    assert (await sync_now(handle)).updated == 1
+    await assert_mirror(pool, fake, account)
+    await handle.terminate()

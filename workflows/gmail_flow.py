@@ -1,0 +1,393 @@
+"""The Gmail decisions of AccountSyncWorkflow: full listing fanned out to ThreadSyncWorkflow children,
+history-based passes, resync on an expired historyId, the daily watch renewal.
+
+Runs inside the account workflow (same id, signals, updates and `progress` query as IMAP accounts);
+deterministic, no I/O. Quota: the workflow is the only thing that starts Gmail activities for the
+account, and it runs at most `gmail_children` children (one activity each) plus one listing activity
+at a time, so giving each an equal share of `gmail_quota` keeps the account under its limit whichever
+workers they run on — no shared bucket to coordinate. Each share adapts on 429 (halves, honours
+Retry-After, recovers) inside its session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, time, timedelta, timezone
+from typing import TYPE_CHECKING
+
+from temporalio import workflow
+from temporalio.exceptions import ActivityError, ChildWorkflowError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.gmail_sync import GmailActivities
+    from activities.imap_incremental import ImapIncrementalActivities
+    from workflows.models import (
+        AccountPhase, AccountSyncInput, AccountSyncResult, FolderChanges, FolderPhase, FolderProgress,
+        GmailFetchResult, GmailHistoryInput, GmailHistoryResult, GmailListInput, GmailListResult,
+        GmailReconcileInput, GmailReconcileResult, GmailStartInput, GmailStartResult, GmailWatchInput,
+        GmailWatchResult, HistoryInput, PassResult, ThreadBatch, ThreadSyncInput,
+    )
+    from workflows.policies import (
+        AUTH_TYPES, PAUSE_AFTER_EXHAUSTED, SHORT_TIMEOUT, AccountAuthFailed, failure_message, failure_type,
+    )
+    from workflows.thread_sync import ThreadSyncWorkflow
+
+if TYPE_CHECKING:
+    from workflows.account_sync import AccountSyncWorkflow
+
+ALL_MAIL = "All Mail"
+_WATCH_RENEW = timedelta(days=1)
+_WATCH_RETRY = timedelta(hours=1)
+# Continue-as-new during a long listing before the history gets heavy (children cost ~10 events each).
+_LISTING_HISTORY_LIMIT = 20_000
+
+
+class GmailFlow:
+    def __init__(self, wf: AccountSyncWorkflow, inp: AccountSyncInput) -> None:
+        self.wf = wf
+        self.inp = inp
+        self.st = wf._st
+        self.g = wf._st.gmail
+        self._lost = 0  # thread batches whose child ended without mirroring them, this listing
+
+    # ---- shares of the account's quota -------------------------------------------------------------
+
+    def _share(self) -> float:
+        """Units/s of one activity: the children plus the listing (or pass) activity split the quota."""
+        return self.inp.tuning.gmail_quota / (max(1, self.inp.tuning.gmail_children) + 1)
+
+    # ---- the run ----------------------------------------------------------------------------------
+
+    async def run(self) -> AccountSyncResult:
+        wf, st, inp = self.wf, self.st, self.inp
+        assert wf._progress is not None
+        self._show()
+        while not st.initial_done:
+            try:
+                await self._initial()
+            except AccountAuthFailed:
+                self.g.list_token = None  # batches of the interrupted page may be lost: list again (cheap)
+                if not inp.live:
+                    return await wf._fail_auth(inp)
+                await wf._wait_for_credentials(inp)
+        if not inp.live:
+            wf._publish(AccountPhase.completed)
+            return AccountSyncResult(account_id=inp.account_id, phase=wf._progress.phase, progress=wf.progress())
+        await self._live()
+        raise AssertionError("unreachable: the live loop continues-as-new")
+
+    def _show(self) -> FolderProgress:
+        """The one progress row of a Gmail account (labels are not folders: a message has several)."""
+        g = self.g
+        row = self.wf._folders.get(ALL_MAIL) or FolderProgress(name=ALL_MAIL, role="all")
+        row.total, row.done, row.bytes = max(g.messages_total, g.synced), g.synced, g.bytes
+        row.phase = FolderPhase.running if g.listing else FolderPhase.done
+        row.updated_at = workflow.now()
+        self.wf._folders[ALL_MAIL] = row
+        return row
+
+    async def _start(self) -> GmailStartResult:
+        assert self.wf._progress is not None
+        start: GmailStartResult = await self.wf._activity(
+            GmailActivities.gmail_start,
+            GmailStartInput(account_id=self.inp.account_id, units_per_second=self._share()), SHORT_TIMEOUT,
+        )
+        self.wf._progress.address = start.address
+        self.g.messages_total = start.messages_total
+        return start
+
+    def _begin_listing(self, start: GmailStartResult, *, resync: bool) -> None:
+        g = self.g
+        if g.listing:  # resumed (continue-as-new, new credentials): keep its start and position
+            return
+        g.listing, g.resync = True, resync
+        g.start_history_id = start.history_id
+        g.list_token = None
+        g.synced = g.fetched = g.bytes = 0
+
+    def _end_listing(self) -> None:
+        g = self.g
+        g.history_id = g.start_history_id  # everything since is replayed by the next pass
+        g.listing = g.resync = False
+        g.list_token = None
+        g.messages_total = max(g.messages_total, g.synced)
+        self._show()
+
+    async def _initial(self) -> None:
+        wf, st, inp = self.wf, self.st, self.inp
+        assert wf._progress is not None
+        wf._progress.phase = AccountPhase.discovering
+        start = await self._start()
+        self._begin_listing(start, resync=False)
+        wf._publish(AccountPhase.initial)
+        query = None
+        if inp.since is not None:  # Gmail's after:/before: take epoch seconds
+            cut = int(datetime.combine(inp.since, time(), timezone.utc).timestamp())
+            query = f"after:{cut - 1}"
+            if inp.window_start is None or inp.window_start < inp.since:
+                older = f"before:{cut}"
+                if inp.window_start is not None:
+                    older += f" after:{int(datetime.combine(inp.window_start, time(), timezone.utc).timestamp()) - 1}"
+                self.g.backfill_query = older
+        await self._list_all(query)
+        st.initial_rate = wf.progress().messages_per_second
+        self._end_listing()
+        st.initial_done = True
+        wf._publish(self._resting_phase())
+        await wf._set_status(inp.account_id, "active", None)
+
+    async def _list_all(self, query: str | None) -> None:
+        """messages.list page by page (newest first); each page's threads go to children, at most
+        `gmail_children` in flight. The page token advances in workflow state, so a continued run or a
+        retry goes on from the next page."""
+        while True:
+            self._lost = 0
+            await self._list_pages(query)
+            if not self._lost:
+                return
+            # a child ended without its batch (terminated, timed out): list again; stored ids are skipped
+            await workflow.sleep(PAUSE_AFTER_EXHAUSTED)
+            self.g.list_token = None
+
+    async def _list_page(self, token: str | None, query: str | None) -> GmailListResult:
+        return await self.wf._activity(
+            GmailActivities.gmail_list_page,
+            GmailListInput(
+                account_id=self.inp.account_id, page_token=token, query=query,
+                thread_batch=self.inp.tuning.gmail_thread_batch, units_per_second=self._share(),
+            ),
+            SHORT_TIMEOUT,
+        )
+
+    async def _start_children(self, batches: list[ThreadBatch], running: list[asyncio.Future[None]]) -> None:
+        """A child per batch, waiting for a free slot before each (stops early on an auth failure)."""
+        wf, g = self.wf, self.g
+        slots = max(1, self.inp.tuning.gmail_children)
+        for batch in batches:
+            await workflow.wait_condition(
+                lambda: sum(not t.done() for t in running) < slots or wf._auth_error is not None
+            )
+            if wf._auth_error is not None:
+                return
+            g.batches += 1
+            running.append(asyncio.ensure_future(self._child(batch, g.batches)))
+
+    async def _list_pages(self, query: str | None) -> None:
+        wf, g, inp = self.wf, self.g, self.inp
+        running: list[asyncio.Future[None]] = []
+        first = True
+        try:
+            while first or g.list_token:
+                first = False
+                page = await self._list_page(g.list_token, query)
+                await self._start_children(page.batches, running)
+                running = [t for t in running if not t.done()]
+                if wf._auth_error is not None:
+                    break
+                g.list_token = page.next_page_token
+                if g.list_token and workflow.info().get_current_history_length() > _LISTING_HISTORY_LIMIT:
+                    await asyncio.gather(*running)
+                    self.st.runs += 1
+                    workflow.continue_as_new(inp.model_copy(update={"state": self.st}))
+        finally:
+            if running:
+                await asyncio.gather(*running, return_exceptions=True)
+        if wf._auth_error is not None:
+            raise AccountAuthFailed()
+
+    async def _child(self, batch: ThreadBatch, n: int) -> None:
+        wf, g = self.wf, self.g
+        try:
+            r: GmailFetchResult = await workflow.execute_child_workflow(
+                ThreadSyncWorkflow.run,
+                ThreadSyncInput(
+                    account_id=self.inp.account_id, batch=batch, units_per_second=self._share(),
+                    timeout_seconds=self.inp.tuning.page_timeout_seconds,
+                    heartbeat_seconds=self.inp.tuning.heartbeat_seconds,
+                ),
+                id=f"{workflow.info().workflow_id}/threads/{n}",
+            )
+        except ChildWorkflowError as err:
+            if failure_type(err) in AUTH_TYPES:
+                wf._auth_error = failure_message(err)
+                return
+            self._lost += 1
+            assert wf._progress is not None
+            wf._progress.last_error = f"thread batch {n}: {failure_message(err)}"
+            return
+        g.synced += r.fetched + r.reused
+        g.fetched += r.fetched
+        g.bytes += r.bytes
+        self._show()
+
+    # ---- live -------------------------------------------------------------------------------------
+
+    async def _live(self) -> None:
+        wf, st, inp = self.wf, self.st, self.inp
+        assert wf._progress is not None
+        passes_this_run = 0
+        while True:
+            if (passes_this_run >= inp.tuning.passes_per_run or workflow.info().is_continue_as_new_suggested()
+                    or workflow.info().get_current_history_length() > _LISTING_HISTORY_LIMIT):
+                await workflow.wait_condition(lambda: workflow.all_handlers_finished() or st.changed)
+                if workflow.all_handlers_finished():
+                    st.runs += 1
+                    workflow.continue_as_new(inp.model_copy(update={"state": st}))
+            if wf._auth_error is not None:
+                await wf._wait_for_credentials(inp)
+                continue
+            if st.paused:
+                wf._publish(AccountPhase.paused)
+                await workflow.wait_condition(lambda: not st.paused)
+                st.changed = True
+                continue
+            try:
+                if st.resync or self.g.listing:
+                    st.resync = False
+                    await self._resync()
+                elif self.g.backfill_query and passes_this_run and not st.changed and not self._poll_due():
+                    # one page of older mail; a change (or the poll interval) gets its pass in between
+                    await self._backfill_page()
+                    continue
+                else:
+                    wf._progress.phase = AccountPhase.syncing
+                    await self._pass()
+            except AccountAuthFailed:
+                continue
+            passes_this_run += 1
+            wf._publish(self._resting_phase())
+            await self._renew_watch()
+            if self.g.backfill_query:
+                continue
+            timeout = inp.tuning.poll_seconds
+            if self.g.watch_renew_at is not None:
+                timeout = min(timeout, max(1.0, (self.g.watch_renew_at - workflow.now()).total_seconds()))
+            try:
+                await workflow.wait_condition(
+                    lambda: st.changed or st.paused or st.resync or wf._auth_error is not None,
+                    timeout=timedelta(seconds=timeout),
+                )
+            except asyncio.TimeoutError:
+                pass
+
+    def _poll_due(self) -> bool:
+        last = self.st.last_pass
+        if last is None or last.finished_at is None:
+            return True
+        return (workflow.now() - last.finished_at).total_seconds() >= self.inp.tuning.poll_seconds
+
+    def _resting_phase(self) -> AccountPhase:
+        return AccountPhase.backfill if self.g.backfill_query else AccountPhase.idle
+
+    async def _backfill_page(self) -> None:
+        """Older mail of a `--since` sync, one listing page at a time between passes: a change waits
+        at most one page (500 messages) before its pass runs."""
+        g = self.g
+        self._lost = 0
+        running: list[asyncio.Future[None]] = []
+        page = await self._list_page(g.backfill_token, g.backfill_query)
+        try:
+            await self._start_children(page.batches, running)
+        finally:
+            await asyncio.gather(*running, return_exceptions=True)
+        if self.wf._auth_error is not None:
+            raise AccountAuthFailed()
+        if self._lost:  # the same page again next time; stored ids are skipped
+            return
+        g.backfill_token = page.next_page_token
+        if not g.backfill_token:
+            g.backfill_query = None
+        g.messages_total = max(g.messages_total, g.synced)
+        self._show()
+
+    async def _pass(self) -> None:
+        """history.list from the stored historyId; it advances only once the changes are persisted."""
+        wf, st, g = self.wf, self.st, self.g
+        st.changed = False
+        wf._pass_running = True
+        result = PassResult(seq=st.passes + 1, started_at=workflow.now())
+        expired = False
+        try:
+            assert g.history_id is not None
+            r: GmailHistoryResult = await wf._activity(
+                GmailActivities.gmail_apply_history,
+                GmailHistoryInput(
+                    account_id=self.inp.account_id, start_history_id=g.history_id,
+                    units_per_second=self.inp.tuning.gmail_quota / 2,  # no child runs during a pass
+                ),
+                timedelta(seconds=self.inp.tuning.page_timeout_seconds), retry_forever=False,
+                heartbeat=timedelta(seconds=self.inp.tuning.heartbeat_seconds),
+            )
+        except ActivityError as err:
+            if failure_type(err) == "HistoryExpired":
+                expired = True
+            else:
+                result.error = failure_message(err)
+                assert wf._progress is not None
+                wf._progress.last_error = result.error
+        else:
+            g.history_id = r.history_id
+            result.folders.append(FolderChanges(
+                folder=ALL_MAIL, new=r.added, updated=r.relabeled, expunged=r.deleted, downloaded_bytes=r.bytes,
+            ))
+        finally:
+            wf._pass_running = False
+        if expired:  # Gmail no longer has our historyId: only a full resync can catch up
+            await self._resync(seq=result.seq)
+            return
+        await self._record(result)
+
+    async def _resync(self, seq: int | None = None) -> None:
+        """Every message listed again: stored ones are reconciled (deletions, labels), not downloaded."""
+        wf, g, inp = self.wf, self.g, self.inp
+        assert wf._progress is not None
+        result = PassResult(seq=seq or self.st.passes + 1, kind="resync", started_at=workflow.now())
+        wf._publish(AccountPhase.initial)
+        start = await self._start()
+        self._begin_listing(start, resync=True)
+        self._show()
+        reconciled: GmailReconcileResult | None = None
+        if g.resync:
+            reconciled = await wf._activity(
+                GmailActivities.gmail_reconcile,
+                GmailReconcileInput(account_id=inp.account_id, units_per_second=inp.tuning.gmail_quota / 2),
+                timedelta(seconds=inp.tuning.page_timeout_seconds),
+                heartbeat=timedelta(seconds=inp.tuning.heartbeat_seconds),
+            )
+            g.resync = False
+        await self._list_all(None)
+        changes = FolderChanges(
+            folder=ALL_MAIL, new=g.fetched, rebuilt=True, reused=g.synced - g.fetched, downloaded_bytes=g.bytes,
+            expunged=reconciled.deleted if reconciled else 0,
+            updated=reconciled.label_rows_changed if reconciled else 0,
+        )
+        self._end_listing()
+        result.folders.append(changes)
+        await self._record(result)
+
+    async def _record(self, result: PassResult) -> None:
+        result.finished_at = workflow.now()
+        await self.wf._activity(
+            ImapIncrementalActivities.record_pass, HistoryInput(account_id=self.inp.account_id, result=result),
+            SHORT_TIMEOUT,
+        )
+        self.wf._count_pass(result)
+
+    async def _renew_watch(self) -> None:
+        """users.watch now and then daily (Gmail drops a watch after 7 days without renewal)."""
+        topic, g = self.inp.tuning.gmail_watch_topic, self.g
+        if not topic or (g.watch_renew_at is not None and workflow.now() < g.watch_renew_at):
+            return
+        try:
+            w: GmailWatchResult = await self.wf._activity(
+                GmailActivities.gmail_watch,
+                GmailWatchInput(account_id=self.inp.account_id, topic=topic, units_per_second=self._share()),
+                SHORT_TIMEOUT, retry_forever=False,
+            )
+        except ActivityError as err:
+            assert self.wf._progress is not None
+            self.wf._progress.last_error = f"watch: {failure_message(err)}"
+            g.watch_renew_at = workflow.now() + _WATCH_RETRY
+            return
+        g.watch_expires = w.expiration
+        g.watch_renew_at = min(workflow.now() + _WATCH_RENEW, w.expiration - _WATCH_RETRY)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import itertools
 import os
 import random
@@ -24,6 +25,7 @@ from datetime import date, datetime, timezone
 from pathlib import Path
 
 import asyncpg
+import httpx
 import pytest
 from temporalio.client import Client, WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy
@@ -36,8 +38,8 @@ from gateway.server import BackgroundServer
 from providers.gmail import GmailCredentials
 from store.accounts import create_account
 from store.crypto import CredentialBox
-from tests.conftest import REPO, TEST_TUNING, run_sync
-from tests.test_gateway import TOKEN, gateway_settings
+from tests.conftest import REPO, TEST_TUNING, run_cli, run_sync
+from tests.test_gateway import TOKEN, gateway_settings, signed
 from workflows.account_sync import AccountSyncWorkflow, account_workflow_id
 from workflows.models import AccountPhase, AccountProgress, AccountSyncInput, PassResult, SyncTuning
 
@@ -140,7 +142,7 @@ async def until(predicate, timeout: float = 30.0, every: float = 0.1):  # type: 
 
 
 async def test_full_sync_mirrors_messages_labels_and_threads(
-    fake: GmailFake, pool: asyncpg.Pool, box: CredentialBox, client: Client
+    fake: GmailFake, pool: asyncpg.Pool, box: CredentialBox, client: Client, cli_env: dict[str, str],
 ) -> None:
     account = await add_gmail_account(fake, pool, box, 1500, seed=51)
     fake.reset_stats()
@@ -170,6 +172,13 @@ async def test_full_sync_mirrors_messages_labels_and_threads(
     assert fake.stats(account.user).calls.get("messages.get", 0) == 0
     assert await pool.fetchval("SELECT count(*) FROM messages WHERE account_id = $1", account.id) == before
     await assert_mirror(pool, fake, account)
+    # and the user's own check agrees: ids, thread ids, sha256 of every raw message, every label
+    env = cli_env | {"MAILSYNC_GMAIL_QUOTA": str(FAST_QUOTA)}
+    verified = await run_cli(env, "verify", account.id)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    fake.modify_labels(account.user, fake.message_ids(account.user)[0], add=["STARRED"])
+    drifted = await run_cli(env, "verify", account.id)
+    assert drifted.returncode != 0 and "label" in drifted.stdout.lower(), drifted.stdout
 
 
 async def test_history_changes_are_applied_and_expired_history_resyncs_without_downloads(
@@ -399,4 +408,36 @@ async def test_since_window_first_then_older_mail_in_the_background(
     fake.modify_labels(account.user, sorted(recent)[0], add=["STARRED"])
     assert (await sync_now(handle)).updated == 1
     await assert_mirror(pool, fake, account)
+    await handle.terminate()
+
+
+async def test_grant_expired_webhook_parks_a_running_gmail_account(
+    fake: GmailFake, pool: asyncpg.Pool, box: CredentialBox, client: Client, settings: Settings,
+) -> None:
+    account = await add_gmail_account(fake, pool, box, 20, seed=58)
+    handle = await start_live(client, account.id)
+    with BackgroundServer(gateway_settings(settings, MAILSYNC_TASK_QUEUE="mailsync-test")) as gw:
+        body = json.dumps({
+            "specversion": "1.0", "type": "grant.expired", "source": "/google", "id": uuid.uuid4().hex,
+            "time": 1739223251, "data": {"object": {"grant_id": account.id, "code": 25009}},
+        }).encode()
+        async with httpx.AsyncClient(base_url=gw.url, timeout=15) as http:
+            r = await http.post("/webhooks/events", content=body, headers=signed(body))
+        assert r.status_code == 202, r.text
+    fake.reset_stats()
+
+    async def parked() -> bool:
+        p = await handle.query(AccountSyncWorkflow.progress)
+        return p.phase == AccountPhase.auth_expired
+
+    assert await until(parked)
+    assert await pool.fetchval("SELECT status FROM accounts WHERE id = $1", account.id) == "auth_expired"
+    await asyncio.sleep(1.0)
+    assert fake.stats(account.user).http_requests == 0  # parked: nothing is tried until new credentials
+    await handle.signal(AccountSyncWorkflow.credentials_updated)
+
+    async def idle() -> bool:
+        return (await handle.query(AccountSyncWorkflow.progress)).phase == AccountPhase.idle
+
+    assert await until(idle)
     await handle.terminate()

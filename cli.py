@@ -449,6 +449,11 @@ async def _follow(handle: Any) -> None:
                         tasks[f.name] = bar.add_task(f.name[:24], total=None, info="")
                     info = f"{f.bytes / 1e6:.1f} MB" + (f" [red]{f.error}[/red]" if f.error else "")
                     bar.update(tasks[f.name], completed=f.done, total=f.total or None, info=info)
+                for f in p.backfill:  # older mail of a --since sync, beside the live mirror
+                    key = "older: " + f.name
+                    if key not in tasks:
+                        tasks[key] = bar.add_task(key[:24], total=None, info="")
+                    bar.update(tasks[key], completed=f.done, total=f.total or None, info=f"{f.bytes / 1e6:.1f} MB")
                 bar.update(overall, completed=p.done, total=p.total or None,
                            info=f"{p.phase.value}, {p.messages_per_second:.0f} msg/s")
             if desc.status != WorkflowExecutionStatus.RUNNING or (p is not None and p.phase.value in _SETTLED):
@@ -456,7 +461,7 @@ async def _follow(handle: Any) -> None:
             await asyncio.sleep(0.5)
 
 
-_SETTLED = ("idle", "syncing", "backfill", "paused", "completed", "auth_failed", "failed")
+_SETTLED = ("idle", "syncing", "backfill", "paused", "completed", "auth_failed", "auth_expired", "failed")
 
 
 @sync_app.command("start")
@@ -488,6 +493,16 @@ def sync_start(
             raise CliError("--since reaches further back than --window")
         account_id = await _account_id(settings, account)
         client = await connect(settings)
+        running = await _is_running(client, account_workflow_id(account_id))
+        if running:
+            ignored = [name for name, given in (("--once", once), ("--since", since), ("--window", window != "all"))
+                       if given]
+            err.print(
+                "already syncing: attached to the running workflow"
+                + (f" ({', '.join(ignored)} ignored: they apply when a sync starts; `mailsync sync resync` "
+                   "re-mirrors everything)" if ignored else ""),
+                highlight=False,
+            )
         handle = await client.start_workflow(
             AccountSyncWorkflow.run,
             AccountSyncInput(
@@ -514,6 +529,19 @@ def sync_start(
         return 0
 
     run(body)
+
+
+async def _is_running(client: Any, workflow_id: str) -> bool:
+    from temporalio.client import WorkflowExecutionStatus
+    from temporalio.service import RPCError, RPCStatusCode
+
+    try:
+        desc = await client.get_workflow_handle(workflow_id).describe()
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            return False
+        raise
+    return desc.status == WorkflowExecutionStatus.RUNNING
 
 
 def _day_option(option: str, text: str) -> date | None:
@@ -690,6 +718,19 @@ def sync_status(
                 table.add_row(f.name, f.role or "", f.phase.value, str(f.done), str(f.total), str(f.failed),
                               f"{f.bytes / 1e6:.1f}", f.error or "")
             out.print(table)
+            if p.backfill or p.backfill_pending:
+                done, total = sum(f.done for f in p.backfill), sum(f.total for f in p.backfill)
+                out.print(f"backfill of older mail: {done}/{total} messages so far, "
+                          f"{p.backfill_pending} folder(s) queued or running", highlight=False)
+                older = Table("older mail in", "phase", "done", "total", "MB", "error")
+                for f in p.backfill:
+                    older.add_row(f.name, f.phase.value, str(f.done), str(f.total), f"{f.bytes / 1e6:.1f}", f.error or "")
+                out.print(older)
+            if p.last_pass is not None:
+                lp = p.last_pass
+                out.print(f"passes: {p.passes} (last: {lp.kind}, +{lp.new} new, {lp.updated} updated, "
+                          f"{lp.expunged} removed{', error: ' + lp.error if lp.error else ''}"
+                          f"{f', {p.lag_seconds:.0f} s ago' if p.lag_seconds is not None else ''})", highlight=False)
             if p.last_error:
                 out.print(f"last error: {p.last_error}", highlight=False)
             return 0

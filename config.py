@@ -68,7 +68,7 @@ class Settings(BaseSettings):
     gmail_quota: float = Field(
         default=250.0, gt=0, validation_alias="MAILSYNC_GMAIL_QUOTA",
         description="Gmail API units per second per account (Google's per-user limit is 250); every Gmail "
-        "activity of the account gets an equal share of it",
+        "activity of the account gets a share of it (the workflow splits it between what runs at once)",
     )
     gmail_children: int = Field(
         default=2, ge=1, le=100, validation_alias="MAILSYNC_GMAIL_CHILDREN",

@@ -123,20 +123,30 @@ class GmailActivities:
             result.reused = len(stored)
             wanted = [m for m in inp.message_ids if m not in stored]
             async with await self._session(inp.account_id, inp.units_per_second) as gmail:
-                async with contextlib.aclosing(gmail.iter_raw_messages(wanted)) as batches:
-                    async for batch in batches:
-                        result.missing += len(batch.missing)
-                        result.retried_parts += batch.retried_parts
-                        if not batch.messages:
-                            continue
-                        parsed = await asyncio.to_thread(parse_many, [m.raw for m in batch.messages])
-                        async with self.deps.pool.acquire() as conn:
-                            written = await persist_gmail_messages(conn, inp.account_id, batch.messages, parsed)
-                        result.fetched += written.messages
-                        result.new_messages += written.new_messages
-                        result.bytes += written.bytes
-                        result.parse_errors += written.parse_errors
+                missing = await self._fetch_and_persist(gmail, inp.account_id, wanted, result)
+            result.missing = len(missing)
             return result
+
+    async def _fetch_and_persist(
+        self, gmail: GmailSession, account_id: str, ids: list[str], result: GmailFetchResult
+    ) -> list[str]:
+        """Raw messages in Gmail batches, each parsed and persisted as it arrives (counted into `result`);
+        returns the ids Gmail answered 404 for (deleted since they were listed)."""
+        missing: list[str] = []
+        async with contextlib.aclosing(gmail.iter_raw_messages(ids)) as batches:
+            async for batch in batches:
+                missing.extend(batch.missing)
+                result.retried_parts += batch.retried_parts
+                if not batch.messages:
+                    continue
+                parsed = await asyncio.to_thread(parse_many, [m.raw for m in batch.messages])
+                async with self.deps.pool.acquire() as conn:
+                    written = await persist_gmail_messages(conn, account_id, batch.messages, parsed)
+                result.fetched += written.messages
+                result.new_messages += written.new_messages
+                result.bytes += written.bytes
+                result.parse_errors += written.parse_errors
+        return missing
 
     @activity.defn
     async def gmail_apply_history(self, inp: GmailHistoryInput) -> GmailHistoryResult:
@@ -183,17 +193,10 @@ class GmailActivities:
                         labels_now[mid] -= set(change.label_ids)
                 # anything touched that we do not hold (added, or changed before we ever saw it) is fetched
                 to_fetch = [m for m in touched if m not in stored and m not in deleted]
-                gone: list[str] = sorted(deleted)
-                async with contextlib.aclosing(gmail.iter_raw_messages(to_fetch)) as batches:
-                    async for batch in batches:
-                        gone.extend(batch.missing)  # deleted since: the history will say so too
-                        if not batch.messages:
-                            continue
-                        parsed = await asyncio.to_thread(parse_many, [m.raw for m in batch.messages])
-                        async with self.deps.pool.acquire() as conn:
-                            written = await persist_gmail_messages(conn, inp.account_id, batch.messages, parsed)
-                        result.added += written.messages
-                        result.bytes += written.bytes
+                fetched = GmailFetchResult()
+                # a 404 is a message deleted since: the next history page will say so too
+                gone = sorted(deleted) + await self._fetch_and_persist(gmail, inp.account_id, to_fetch, fetched)
+                result.added, result.bytes = fetched.fetched, fetched.bytes
             async with self.deps.pool.acquire() as conn:
                 relabel = {m: labels_now[m] for m in labels_now if m not in deleted and labels_now[m] != stored[m]}
                 async with conn.transaction():

@@ -12,10 +12,13 @@ import base64
 import hashlib
 import imaplib
 import os
+import random
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -23,7 +26,8 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowHandle
+from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
@@ -43,7 +47,7 @@ from store.migrate import migrate
 from worker import build_workers
 from workflows import search
 from workflows.account_sync import AccountSyncWorkflow, account_workflow_id
-from workflows.models import AccountSyncInput, AccountSyncResult, SyncTuning
+from workflows.models import AccountPhase, AccountSyncInput, AccountSyncResult, SyncTuning
 
 REPO = Path(__file__).resolve().parent.parent
 SECRET_KEY = base64.b64encode(b"k" * 32).decode()
@@ -256,3 +260,77 @@ async def run_cli(
         raise
     assert proc.returncode is not None
     return subprocess.CompletedProcess(list(args), proc.returncode, out.decode(), err.decode())
+
+
+async def until(predicate, timeout: float = 30.0, every: float = 0.1):  # type: ignore[no-untyped-def]
+    """Poll an async predicate until it is truthy or `timeout` passes; returns its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        await asyncio.sleep(every)
+
+
+async def start_live(
+    client: Client, account_id: str, tuning: SyncTuning, *, settle: bool = False, timeout: float = 120
+) -> WorkflowHandle:
+    """Start (or attach to) the account's live workflow and wait for its initial sync; with `settle`,
+    also for the first pass (which replays what changed during the initial sync) to finish."""
+    await client.start_workflow(
+        AccountSyncWorkflow.run, AccountSyncInput(account_id=account_id, tuning=tuning),
+        id=account_workflow_id(account_id), task_queue="mailsync-test",
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+    )
+    # no run id: updates and queries follow the workflow across continue-as-new
+    handle = client.get_workflow_handle(account_workflow_id(account_id))
+    await asyncio.wait_for(handle.execute_update(AccountSyncWorkflow.wait_initial), timeout)
+    if settle:
+        async def settled() -> bool:
+            p = await handle.query(AccountSyncWorkflow.progress)
+            return p.passes >= 1 and p.phase in (AccountPhase.idle, AccountPhase.backfill)
+
+        assert await until(settled)
+    return handle
+
+
+async def sync_while_killing_workers(
+    client: Client, account_id: str, cli_env: dict[str, str], logs: Path, tuning: SyncTuning, *,
+    kills: int, pause: tuple[float, float], seed: int, extra_env: dict[str, str] | None = None,
+) -> tuple[AccountSyncResult, int]:
+    """A one-shot sync on a worker process of its own task queue, SIGKILLed up to `kills` times at
+    random moments and restarted each time; returns the result and how many kills happened."""
+    queue = "mailsync-kill-" + uuid.uuid4().hex[:8]
+    env = cli_env | {"MAILSYNC_TASK_QUEUE": queue} | (extra_env or {})
+    started = 0
+
+    def start_worker() -> subprocess.Popen[bytes]:
+        nonlocal started
+        log = logs / f"worker-{started}.log"
+        started += 1
+        return subprocess.Popen(
+            [sys.executable, str(REPO / "worker.py")], cwd=REPO, env=env, stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+
+    proc = start_worker()
+    sync = asyncio.create_task(run_sync(client, account_id, task_queue=queue, tuning=tuning, timeout=300))
+    rng = random.Random(seed)
+    done = 0
+    try:
+        for _ in range(kills):
+            await asyncio.sleep(rng.uniform(*pause))
+            if sync.done():
+                break
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+            done += 1
+            proc = start_worker()
+        result = await sync
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return result, done

@@ -11,11 +11,6 @@ import asyncio
 import hashlib
 import json
 import itertools
-import os
-import random
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
@@ -28,7 +23,6 @@ import asyncpg
 import httpx
 import pytest
 from temporalio.client import Client, WorkflowHandle
-from temporalio.common import WorkflowIDConflictPolicy
 
 from config import Settings
 from devkit.corpus import generate_corpus
@@ -38,8 +32,8 @@ from gateway.server import BackgroundServer
 from providers.gmail import GmailCredentials
 from store.accounts import create_account
 from store.crypto import CredentialBox
-from tests.conftest import REPO, TEST_TUNING, run_cli, run_sync
-from tests.test_gateway import TOKEN, gateway_settings, signed
+from conftest import TEST_TUNING, run_cli, run_sync, start_live as live_workflow, sync_while_killing_workers, until
+from test_gateway import TOKEN, gateway_settings, signed
 from workflows.account_sync import AccountSyncWorkflow, account_workflow_id
 from workflows.models import AccountPhase, AccountProgress, AccountSyncInput, PassResult, SyncTuning
 
@@ -112,33 +106,11 @@ async def assert_mirror(pool: asyncpg.Pool, fake: GmailFake, account: GmailAccou
 
 
 async def start_live(client: Client, account_id: str, tuning: SyncTuning = FAST) -> WorkflowHandle:
-    await client.start_workflow(
-        AccountSyncWorkflow.run, AccountSyncInput(account_id=account_id, tuning=tuning),
-        id=account_workflow_id(account_id), task_queue="mailsync-test",
-        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-    )
-    handle = client.get_workflow_handle(account_workflow_id(account_id))
-    await asyncio.wait_for(handle.execute_update(AccountSyncWorkflow.wait_initial), 180)
-
-    async def settled() -> bool:  # the pass that replays what changed during the initial listing is done
-        p = await handle.query(AccountSyncWorkflow.progress)
-        return p.passes >= 1 and p.phase == AccountPhase.idle
-
-    assert await until(settled)
-    return handle
+    return await live_workflow(client, account_id, tuning, settle=True, timeout=180)
 
 
 async def sync_now(handle: WorkflowHandle) -> PassResult:
     return await asyncio.wait_for(handle.execute_update(AccountSyncWorkflow.sync_now), 120)
-
-
-async def until(predicate, timeout: float = 30.0, every: float = 0.1):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        await asyncio.sleep(every)
 
 
 async def test_full_sync_mirrors_messages_labels_and_threads(
@@ -302,41 +274,12 @@ async def test_worker_killed_mid_fan_out_resumes_without_duplicates(
 ) -> None:
     with GmailFake.start(quota_limit=1500) as slow:
         account = await add_gmail_account(slow, pool, box, 1200, seed=55)
-        queue = "mailsync-gmail-kill-" + uuid.uuid4().hex[:8]
-        env = cli_env | {"MAILSYNC_TASK_QUEUE": queue, "MAILSYNC_WORKER_PROCESSES": "1"}
-        logs: list[Path] = []
-
-        def start_worker() -> subprocess.Popen[bytes]:
-            log = tmp_path / f"worker-{len(logs)}.log"
-            logs.append(log)
-            return subprocess.Popen(
-                [sys.executable, str(REPO / "worker.py")], cwd=REPO, env=env, stdout=log.open("wb"),
-                stderr=subprocess.STDOUT,
-            )
-
         tuning = TEST_TUNING.model_copy(update={
             "gmail_quota": 1500, "gmail_children": 3, "gmail_thread_batch": 30, "heartbeat_seconds": 3,
         })
-        proc = start_worker()
-        sync = asyncio.create_task(run_sync(client, account.id, task_queue=queue, tuning=tuning, timeout=300))
-        rng = random.Random(4321)
-        kills = 0
-        try:
-            for _ in range(3):
-                await asyncio.sleep(rng.uniform(1.5, 3.0))
-                if sync.done():
-                    break
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait()
-                kills += 1
-                proc = start_worker()
-            result = await sync
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        result, kills = await sync_while_killing_workers(
+            client, account.id, cli_env, tmp_path, tuning, kills=3, pause=(1.5, 3.0), seed=4321,
+            extra_env={"MAILSYNC_WORKER_PROCESSES": "1"})
         assert kills >= 2, "the sync finished before the worker could be killed twice: grow the mailbox"
         assert result.phase == AccountPhase.completed
         await assert_mirror(pool, slow, account)

@@ -21,7 +21,8 @@ from workflows.account_sync import AccountSyncWorkflow, account_workflow_id
 from workflows.models import AccountPhase
 
 from conftest import (
-    REPO, TEST_TUNING, AccountFactory, run_cli, run_sync, server_messages, sha256, verify,
+    REPO, TEST_TUNING, AccountFactory, run_cli, run_sync, server_messages, sha256, sync_while_killing_workers,
+    verify,
 )
 
 pytestmark = pytest.mark.usefixtures("worker")
@@ -207,39 +208,9 @@ async def test_worker_killed_repeatedly_mid_sync(
     make_account: AccountFactory, pool: asyncpg.Pool, client: Client, cli_env: dict[str, str], tmp_path: Path,
 ) -> None:
     account = await make_account(corpus(900, seed=21))
-    queue = "mailsync-kill-" + uuid.uuid4().hex[:8]
-    env = cli_env | {"MAILSYNC_TASK_QUEUE": queue}
-    logs: list[Path] = []
-
-    def start_worker() -> subprocess.Popen[bytes]:
-        log = tmp_path / f"worker-{len(logs)}.log"
-        logs.append(log)
-        return subprocess.Popen(
-            [sys.executable, str(REPO / "worker.py")], cwd=REPO, env=env, stdout=log.open("wb"),
-            stderr=subprocess.STDOUT,
-        )
-
     tuning = TEST_TUNING.model_copy(update={"page_size": 40, "chunk_size": 10, "heartbeat_seconds": 3})
-    proc = start_worker()
-    sync = asyncio.create_task(run_sync(client, account.id, task_queue=queue, tuning=tuning, timeout=300))
-    rng = random.Random(1234)
-    kills = 0
-    try:
-        for _ in range(4):
-            await asyncio.sleep(rng.uniform(1.0, 2.5))
-            if sync.done():
-                break
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
-            kills += 1
-            proc = start_worker()
-        result = await sync
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    result, kills = await sync_while_killing_workers(
+        client, account.id, cli_env, tmp_path, tuning, kills=4, pause=(1.0, 2.5), seed=1234)
     assert kills >= 2, "the sync finished before the worker could be killed twice: grow the corpus"
     assert result.phase == AccountPhase.completed
     assert result.progress.done == result.progress.total

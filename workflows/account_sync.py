@@ -31,7 +31,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows import search
     from workflows.gmail_flow import GmailFlow
     from workflows.policies import (
-        ACTIVITY_RETRY, AUTH_TYPES, PAUSE_AFTER_EXHAUSTED, SHORT_TIMEOUT, AccountAuthFailed, failure_message,
+        ACTIVITY_RETRY, AUTH_TYPES, PASS_RETRY, PAUSE_AFTER_EXHAUSTED, SHORT_TIMEOUT, AccountAuthFailed, failure_message,
         failure_type,
     )
 
@@ -235,22 +235,8 @@ class AccountSyncWorkflow:
         st = self._st
         passes_this_run = 0
         while True:
-            if passes_this_run >= inp.tuning.passes_per_run or workflow.info().is_continue_as_new_suggested():
-                # let answered sync_now calls return; one still waiting for a pass (it set `changed`)
-                # gets that pass in this run first
-                await workflow.wait_condition(lambda: workflow.all_handlers_finished() or st.changed)
-                if workflow.all_handlers_finished():
-                    await self._stop_watch()
-                    st.runs += 1
-                    workflow.continue_as_new(inp.model_copy(update={"state": st}))
-            if self._auth_error is not None:
-                await self._wait_for_credentials(inp)
-                continue
-            if st.paused:
-                self._publish(AccountPhase.paused)
-                await self._stop_watch()
-                await workflow.wait_condition(lambda: not st.paused)
-                st.changed = True
+            due = passes_this_run >= inp.tuning.passes_per_run or workflow.info().is_continue_as_new_suggested()
+            if await self._between_passes(inp, due):
                 continue
             try:
                 if st.resync:
@@ -276,6 +262,28 @@ class AccountSyncWorkflow:
             except asyncio.TimeoutError:
                 pass
             self._reap_watch()
+
+    async def _between_passes(self, inp: AccountSyncInput, due_for_new_run: bool) -> bool:
+        """Continue-as-new when due; wait out an auth failure or a pause. True: start the loop over."""
+        st = self._st
+        if due_for_new_run:
+            # let answered sync_now calls return; one still waiting for a pass (it set `changed`)
+            # gets that pass in this run first
+            await workflow.wait_condition(lambda: workflow.all_handlers_finished() or st.changed)
+            if workflow.all_handlers_finished():
+                await self._stop_watch()
+                st.runs += 1
+                workflow.continue_as_new(inp.model_copy(update={"state": st}))
+        if self._auth_error is not None:
+            await self._wait_for_credentials(inp)
+            return True
+        if st.paused:
+            self._publish(AccountPhase.paused)
+            await self._stop_watch()
+            await workflow.wait_condition(lambda: not st.paused)
+            st.changed = True
+            return True
+        return False
 
     async def _incremental_pass(self, inp: AccountSyncInput) -> PassResult:
         st = self._st
@@ -543,7 +551,8 @@ class AccountSyncWorkflow:
         while True:
             try:
                 return await workflow.execute_activity_method(
-                    fn, arg, start_to_close_timeout=timeout, heartbeat_timeout=heartbeat, retry_policy=ACTIVITY_RETRY,
+                    fn, arg, start_to_close_timeout=timeout, heartbeat_timeout=heartbeat,
+                    retry_policy=ACTIVITY_RETRY if retry_forever else PASS_RETRY,
                 )
             except ActivityError as err:
                 if failure_type(err) in _AUTH_TYPES:

@@ -3,10 +3,10 @@ history-based passes, resync on an expired historyId, the daily watch renewal.
 
 Runs inside the account workflow (same id, signals, updates and `progress` query as IMAP accounts);
 deterministic, no I/O. Quota: the workflow is the only thing that starts Gmail activities for the
-account, and it runs at most `gmail_children` children (one activity each) plus one listing activity
-at a time, so giving each an equal share of `gmail_quota` keeps the account under its limit whichever
-workers they run on — no shared bucket to coordinate. Each share adapts on 429 (halves, honours
-Retry-After, recovers) inside its session.
+account, and it knows what runs at once: at most `gmail_children` children (one activity each) plus
+the listing during a full listing, or one activity alone otherwise. It gives each a share of
+`gmail_quota` so the shares add up to the account's limit whichever workers they run on — no shared
+bucket to coordinate. Each share adapts on 429 (halves, honours Retry-After, recovers) in its session.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ _WATCH_RENEW = timedelta(days=1)
 _WATCH_RETRY = timedelta(hours=1)
 # Continue-as-new during a long listing before the history gets heavy (children cost ~10 events each).
 _LISTING_HISTORY_LIMIT = 20_000
+_LISTING_SHARE = 0.05
 
 
 class GmailFlow:
@@ -52,9 +53,17 @@ class GmailFlow:
 
     # ---- shares of the account's quota -------------------------------------------------------------
 
-    def _share(self) -> float:
-        """Units/s of one activity: the children plus the listing (or pass) activity split the quota."""
-        return self.inp.tuning.gmail_quota / (max(1, self.inp.tuning.gmail_children) + 1)
+    def _child_share(self) -> float:
+        """Units/s of one child's activity: the fetches get the quota but a small listing share."""
+        return self.inp.tuning.gmail_quota * (1 - _LISTING_SHARE) / max(1, self.inp.tuning.gmail_children)
+
+    def _listing_share(self) -> float:
+        """The listing runs beside the children but costs 5 units per 500 messages: a sliver is plenty."""
+        return self.inp.tuning.gmail_quota * _LISTING_SHARE
+
+    def _solo_share(self) -> float:
+        """Activities that never overlap children or each other (profile, history pass, reconcile, watch)."""
+        return self.inp.tuning.gmail_quota
 
     # ---- the run ----------------------------------------------------------------------------------
 
@@ -90,7 +99,7 @@ class GmailFlow:
         assert self.wf._progress is not None
         start: GmailStartResult = await self.wf._activity(
             GmailActivities.gmail_start,
-            GmailStartInput(account_id=self.inp.account_id, units_per_second=self._share()), SHORT_TIMEOUT,
+            GmailStartInput(account_id=self.inp.account_id, units_per_second=self._solo_share()), SHORT_TIMEOUT,
         )
         self.wf._progress.address = start.address
         self.g.messages_total = start.messages_total
@@ -154,7 +163,7 @@ class GmailFlow:
             GmailActivities.gmail_list_page,
             GmailListInput(
                 account_id=self.inp.account_id, page_token=token, query=query,
-                thread_batch=self.inp.tuning.gmail_thread_batch, units_per_second=self._share(),
+                thread_batch=self.inp.tuning.gmail_thread_batch, units_per_second=self._listing_share(),
             ),
             SHORT_TIMEOUT,
         )
@@ -201,7 +210,7 @@ class GmailFlow:
             r: GmailFetchResult = await workflow.execute_child_workflow(
                 ThreadSyncWorkflow.run,
                 ThreadSyncInput(
-                    account_id=self.inp.account_id, batch=batch, units_per_second=self._share(),
+                    account_id=self.inp.account_id, batch=batch, units_per_second=self._child_share(),
                     timeout_seconds=self.inp.tuning.page_timeout_seconds,
                     heartbeat_seconds=self.inp.tuning.heartbeat_seconds,
                 ),
@@ -227,19 +236,9 @@ class GmailFlow:
         assert wf._progress is not None
         passes_this_run = 0
         while True:
-            if (passes_this_run >= inp.tuning.passes_per_run or workflow.info().is_continue_as_new_suggested()
-                    or workflow.info().get_current_history_length() > _LISTING_HISTORY_LIMIT):
-                await workflow.wait_condition(lambda: workflow.all_handlers_finished() or st.changed)
-                if workflow.all_handlers_finished():
-                    st.runs += 1
-                    workflow.continue_as_new(inp.model_copy(update={"state": st}))
-            if wf._auth_error is not None:
-                await wf._wait_for_credentials(inp)
-                continue
-            if st.paused:
-                wf._publish(AccountPhase.paused)
-                await workflow.wait_condition(lambda: not st.paused)
-                st.changed = True
+            due = (passes_this_run >= inp.tuning.passes_per_run or workflow.info().is_continue_as_new_suggested()
+                   or workflow.info().get_current_history_length() > _LISTING_HISTORY_LIMIT)
+            if await wf._between_passes(inp, due):
                 continue
             try:
                 if st.resync or self.g.listing:
@@ -255,8 +254,8 @@ class GmailFlow:
             except AccountAuthFailed:
                 continue
             passes_this_run += 1
-            wf._publish(self._resting_phase())
             await self._renew_watch()
+            wf._publish(self._resting_phase())
             if self.g.backfill_query:
                 continue
             timeout = inp.tuning.poll_seconds
@@ -313,7 +312,7 @@ class GmailFlow:
                 GmailActivities.gmail_apply_history,
                 GmailHistoryInput(
                     account_id=self.inp.account_id, start_history_id=g.history_id,
-                    units_per_second=self.inp.tuning.gmail_quota / 2,  # no child runs during a pass
+                    units_per_second=self._solo_share(),  # no child runs during a pass
                 ),
                 timedelta(seconds=self.inp.tuning.page_timeout_seconds), retry_forever=False,
                 heartbeat=timedelta(seconds=self.inp.tuning.heartbeat_seconds),
@@ -350,7 +349,7 @@ class GmailFlow:
         if g.resync:
             reconciled = await wf._activity(
                 GmailActivities.gmail_reconcile,
-                GmailReconcileInput(account_id=inp.account_id, units_per_second=inp.tuning.gmail_quota / 2),
+                GmailReconcileInput(account_id=inp.account_id, units_per_second=self._solo_share()),
                 timedelta(seconds=inp.tuning.page_timeout_seconds),
                 heartbeat=timedelta(seconds=inp.tuning.heartbeat_seconds),
             )
@@ -381,7 +380,7 @@ class GmailFlow:
         try:
             w: GmailWatchResult = await self.wf._activity(
                 GmailActivities.gmail_watch,
-                GmailWatchInput(account_id=self.inp.account_id, topic=topic, units_per_second=self._share()),
+                GmailWatchInput(account_id=self.inp.account_id, topic=topic, units_per_second=self._solo_share()),
                 SHORT_TIMEOUT, retry_forever=False,
             )
         except ActivityError as err:

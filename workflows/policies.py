@@ -16,6 +16,12 @@ ACTIVITY_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1), backoff_coefficient=2.0, maximum_interval=timedelta(seconds=30),
     maximum_attempts=8, non_retryable_error_types=FATAL_TYPES,
 )
+# A pass's own activities: a pass that cannot reach the server should say so within seconds (the next
+# pass tries again), not after ACTIVITY_RETRY's ~90 s of backoff.
+PASS_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1), backoff_coefficient=2.0, maximum_interval=timedelta(seconds=4),
+    maximum_attempts=3, non_retryable_error_types=FATAL_TYPES,
+)
 QUICK_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1), backoff_coefficient=2.0, maximum_interval=timedelta(seconds=30),
     maximum_attempts=0,

@@ -58,10 +58,13 @@ def run(coro_fn: Callable[[], Awaitable[T]]) -> NoReturn:
     from store.crypto import SecretKeyError
     from store.db import DatabaseUnavailable
 
+    from temporalio.client import WorkflowUpdateRPCTimeoutOrCancelledError
+
     try:
         result = asyncio.run(coro_fn())  # type: ignore[arg-type]
-    except KeyboardInterrupt:
-        err.print("interrupted")
+    except (KeyboardInterrupt, asyncio.CancelledError, WorkflowUpdateRPCTimeoutOrCancelledError):
+        # Ctrl-C while waiting on an update surfaces as the client's "cancelled" error, not KeyboardInterrupt
+        err.print("interrupted: a sync already started keeps running (see `mailsync sync status`)")
         _exit(130)
     except (CliError, ProviderError, TemporalNotConfigured, TemporalUnavailable, AccountNotFound,
             SecretKeyError, DatabaseUnavailable, ValidationError) as exc:
@@ -526,6 +529,13 @@ def sync_start(
             err.print(f"[red]sync failed:[/red] {failure_message(exc)}", highlight=False)
             return 1
         err.print(_progress_line(progress), highlight=False)
+        if progress.phase.value in ("auth_failed", "auth_expired"):
+            err.print(f"[red]the account is waiting for new credentials:[/red] {progress.last_error or ''}",
+                      highlight=False)
+            return 1
+        if progress.phase.value == "backfill":
+            err.print("usable now; older mail is being mirrored in the background (`mailsync sync status`)",
+                      highlight=False)
         return 0
 
     run(body)
@@ -911,6 +921,29 @@ def dev_up_cmd(
     out.print(f"PostgreSQL: {services.database_url}")
     out.print(f"State dir:  {settings.state_dir}   (stop with `mailsync dev down`)")
     _exit(0)
+
+
+@dev_app.command("gmail")
+def dev_gmail_cmd(
+    port: int = typer.Option(8085, help="port of the local Gmail API server"),
+    seed_messages: int = typer.Option(500, help="sample messages in the mailbox"),
+    user: str = typer.Option("me@example.test", help="the mailbox's address"),
+    quota: int = typer.Option(250, help="units per second per user, enforced like Gmail's (429 beyond)"),
+    push_url: str | None = typer.Option(None, help="deliver watch notifications here (the gateway's "
+                                        "/webhooks/gmail?token=…)"),
+) -> None:
+    """Run a local Gmail API server (for trying Gmail accounts without Google) until Ctrl-C."""
+    from devkit.gmail_fake.__main__ import main as fake_main
+
+    creds_dir = get_settings().state_dir / "gmail-dev"
+    argv = ["--port", str(port), "--seed-messages", str(seed_messages), "--user", user, "--quota-limit", str(quota),
+            "--credentials-dir", str(creds_dir)]
+    if push_url:
+        argv += ["--push-url", push_url]
+    err.print(f"Gmail API on http://127.0.0.1:{port}, {seed_messages} messages for {user}; then:\n"
+              f"  mailsync account add gmail --credentials {creds_dir / (user + '.json')} "
+              f"--api-endpoint http://127.0.0.1:{port}", highlight=False)
+    _exit(fake_main(argv))
 
 
 @dev_app.command("down")

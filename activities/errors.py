@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -9,11 +10,13 @@ from datetime import timedelta
 
 import asyncpg
 from temporalio import activity
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 from providers.errors import ProviderError
 from store.accounts import AccountNotFound
 from store.crypto import SecretKeyError
+
+log = logging.getLogger("mailsync.activities")
 
 BACKOFF_START_S = 1.0
 BACKOFF_CAP_S = 30.0
@@ -25,21 +28,39 @@ def backoff_delay(attempt: int) -> timedelta:
     return timedelta(seconds=base * random.uniform(0.5, 1.5))
 
 
+def _expected(exc: BaseException, retryable: bool, what_failed: str | None = None) -> None:
+    """One log line for a failure the sync expects (a dropped connection, a refused grant, an expired
+    history): the SDK's own WARNING with a traceback is for bugs, so these are marked BENIGN."""
+    info = activity.info()
+    level = logging.WARNING if retryable else logging.INFO
+    what = "retrying" if retryable else "handed to the workflow"
+    log.log(level, "%s (attempt %d) %s: %s: %s", info.activity_type, info.attempt, what,
+            what_failed or type(exc).__name__, exc)
+
+
 @asynccontextmanager
 async def classified_errors() -> AsyncIterator[None]:
     try:
         yield
     except ProviderError as exc:
+        _expected(exc, exc.retryable)
         if not exc.retryable:
-            raise ApplicationError(str(exc), type=type(exc).__name__, non_retryable=True) from exc
+            raise ApplicationError(
+                str(exc), type=type(exc).__name__, non_retryable=True, category=ApplicationErrorCategory.BENIGN,
+            ) from exc
         raise ApplicationError(
-            str(exc), type=type(exc).__name__, next_retry_delay=backoff_delay(activity.info().attempt)
+            str(exc), type=type(exc).__name__, next_retry_delay=backoff_delay(activity.info().attempt),
+            category=ApplicationErrorCategory.BENIGN,
         ) from exc
     except (AccountNotFound, SecretKeyError) as exc:
-        raise ApplicationError(str(exc), type=type(exc).__name__, non_retryable=True) from exc
+        _expected(exc, False)
+        raise ApplicationError(
+            str(exc), type=type(exc).__name__, non_retryable=True, category=ApplicationErrorCategory.BENIGN,
+        ) from exc
     except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
             asyncpg.CannotConnectNowError) as exc:
+        _expected(exc, True, "database unavailable")
         raise ApplicationError(
             f"database unavailable: {exc}", type="DatabaseUnavailable",
-            next_retry_delay=backoff_delay(activity.info().attempt),
+            next_retry_delay=backoff_delay(activity.info().attempt), category=ApplicationErrorCategory.BENIGN,
         ) from exc

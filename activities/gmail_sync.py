@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable
 from datetime import timezone
 
@@ -17,11 +18,11 @@ from activities.deps import Deps
 from activities.errors import classified_errors
 from mail.parse import parse_many
 from providers.gmail import (
-    GmailSession, HistoryChange, LabelsAdded, LabelsRemoved, MessageAdded, MessageDeleted,
+    GmailMessage, GmailSession, HistoryChange, LabelsAdded, LabelsRemoved, MessageAdded, MessageDeleted,
 )
 from store.accounts import get_account
 from store.gmail import (
-    current_labels, live_gmail_ids, mark_deleted, persist_gmail_messages, replace_label_members,
+    current_labels, live_gmail_ids, mark_deleted, mirror_size, persist_gmail_messages, replace_label_members,
     set_message_labels, stored_gmail_ids, thread_unthreaded, upsert_labels,
 )
 from workflows.models import (
@@ -31,6 +32,8 @@ from workflows.models import (
 )
 
 _HEARTBEAT_EVERY_S = 5.0
+_WRITE_GROUP = 100        # messages per write transaction at most
+_WRITE_GROUP_S = 1.0      # and at least this often: a crash refetches at most a second of quota
 _HISTORY_TYPES = ("messageAdded", "messageDeleted", "labelAdded", "labelRemoved")
 
 
@@ -92,9 +95,10 @@ class GmailActivities:
                 labels = await gmail.labels()
             async with self.deps.pool.acquire() as conn:
                 synced = await upsert_labels(conn, inp.account_id, labels)
+                stored, stored_bytes = await mirror_size(conn, inp.account_id)
             return GmailStartResult(
                 address=profile.email, history_id=profile.history_id, messages_total=profile.messages_total,
-                labels=synced.labels, labels_removed=synced.removed,
+                labels=synced.labels, labels_removed=synced.removed, stored=stored, stored_bytes=stored_bytes,
             )
 
     @activity.defn
@@ -133,19 +137,33 @@ class GmailActivities:
         """Raw messages in Gmail batches, each parsed and persisted as it arrives (counted into `result`);
         returns the ids Gmail answered 404 for (deleted since they were listed)."""
         missing: list[str] = []
+        # At Google's quota a Gmail batch holds 2-5 messages (its size is what a bucket's burst pays
+        # for): writing each as its own transaction costs more than the fetch, so batches are grouped.
+        pending: list[GmailMessage] = []
+        oldest = 0.0
+
+        async def flush() -> None:
+            nonlocal pending
+            group, pending = pending, []
+            parsed = await asyncio.to_thread(parse_many, [m.raw for m in group])
+            async with self.deps.pool.acquire() as conn:
+                written = await persist_gmail_messages(conn, account_id, group, parsed)
+            result.fetched += written.messages
+            result.new_messages += written.new_messages
+            result.bytes += written.bytes
+            result.parse_errors += written.parse_errors
+
         async with contextlib.aclosing(gmail.iter_raw_messages(ids)) as batches:
             async for batch in batches:
                 missing.extend(batch.missing)
                 result.retried_parts += batch.retried_parts
-                if not batch.messages:
-                    continue
-                parsed = await asyncio.to_thread(parse_many, [m.raw for m in batch.messages])
-                async with self.deps.pool.acquire() as conn:
-                    written = await persist_gmail_messages(conn, account_id, batch.messages, parsed)
-                result.fetched += written.messages
-                result.new_messages += written.new_messages
-                result.bytes += written.bytes
-                result.parse_errors += written.parse_errors
+                if not pending:
+                    oldest = time.monotonic()
+                pending.extend(batch.messages)
+                if len(pending) >= _WRITE_GROUP or (pending and time.monotonic() - oldest >= _WRITE_GROUP_S):
+                    await flush()
+        if pending:
+            await flush()
         return missing
 
     @activity.defn
@@ -175,7 +193,8 @@ class GmailActivities:
                 # labels may have been created, renamed or deleted: history does not say
                 labels = await gmail.labels()
                 async with self.deps.pool.acquire() as conn:
-                    result.labels_removed = (await upsert_labels(conn, inp.account_id, labels)).removed
+                    synced = await upsert_labels(conn, inp.account_id, labels)
+                result.labels_removed, result.labels_added = synced.removed, synced.added
                 touched = list(dict.fromkeys(r.message_id for r in records))
                 async with self.deps.pool.acquire() as conn:
                     stored = await current_labels(conn, inp.account_id, touched)
@@ -203,6 +222,7 @@ class GmailActivities:
                     await set_message_labels(conn, inp.account_id, relabel)
                 result.relabeled = len(relabel)
                 result.deleted = await mark_deleted(conn, inp.account_id, gone)
+                result.stored, result.stored_bytes = await mirror_size(conn, inp.account_id)
             result.history_id = latest
             return result
 

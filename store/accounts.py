@@ -64,9 +64,13 @@ async def get_account(conn: asyncpg.Connection, id_or_address: str) -> Account:
 async def list_accounts(conn: asyncpg.Connection) -> list[dict[str, Any]]:
     rows = await conn.fetch(
         """SELECT a.id, a.provider, a.address, a.status, a.status_reason, a.created_at,
-                  (SELECT count(*) FROM folders f WHERE f.account_id = a.id) AS folders,
-                  (SELECT count(*) FROM messages m WHERE m.account_id = a.id) AS messages,
-                  (SELECT coalesce(sum(size), 0) FROM messages m WHERE m.account_id = a.id) AS bytes
+                  -- IMAP folders (not deleted) or Gmail labels
+                  (SELECT count(*) FROM folders f WHERE f.account_id = a.id AND f.deleted_at IS NULL)
+                  + (SELECT count(*) FROM gmail_labels l WHERE l.account_id = a.id) AS folders,
+                  -- what the mailbox holds now: deleted messages are kept but not counted
+                  (SELECT count(*) FROM messages m WHERE m.account_id = a.id AND m.deleted_at IS NULL) AS messages,
+                  (SELECT coalesce(sum(size), 0) FROM messages m
+                   WHERE m.account_id = a.id AND m.deleted_at IS NULL) AS bytes
            FROM accounts a ORDER BY a.created_at"""
     )
     return [dict(r) for r in rows]

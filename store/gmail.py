@@ -20,7 +20,7 @@ from store.pages import (
 )
 
 __all__ = [
-    "LabelSync", "current_labels", "live_gmail_ids", "mark_deleted", "persist_gmail_messages",
+    "LabelSync", "current_labels", "live_gmail_ids", "mark_deleted", "mirror_size", "persist_gmail_messages",
     "replace_label_members", "set_message_labels", "stored_gmail_ids", "thread_unthreaded", "upsert_labels",
 ]
 
@@ -39,12 +39,25 @@ RETURNING id, sha256
 class LabelSync:
     labels: int
     removed: int
+    added: list[str]  # names of labels the store did not have
+
+
+async def mirror_size(conn: asyncpg.Connection, account_id: str) -> tuple[int, int]:
+    """Live Gmail messages of the account and their bytes (what the mirror holds now)."""
+    row = await conn.fetchrow(
+        """SELECT count(*) AS n, coalesce(sum(m.size), 0) AS b FROM gmail_messages g
+           JOIN messages m ON m.id = g.message_pk WHERE g.account_id = $1 AND g.deleted_at IS NULL""",
+        account_id,
+    )
+    return int(row["n"]), int(row["b"])
 
 
 async def upsert_labels(conn: asyncpg.Connection, account_id: str, labels: Sequence[GmailLabel]) -> LabelSync:
     """The account's labels as Gmail lists them now: upserted, and labels gone from Gmail deleted."""
     ids = [label.id for label in labels]
     async with conn.transaction():
+        known = {r["label_id"] for r in await conn.fetch(
+            "SELECT label_id FROM gmail_labels WHERE account_id = $1", account_id)}
         await conn.executemany(
             """INSERT INTO gmail_labels (account_id, label_id, name, type, message_list_visibility,
                    label_list_visibility, background_color, text_color, messages_total, messages_unread,
@@ -74,7 +87,8 @@ async def upsert_labels(conn: asyncpg.Connection, account_id: str, labels: Seque
                 "DELETE FROM gmail_message_labels WHERE account_id = $1 AND label_id = ANY($2::text[])",
                 account_id, [r["label_id"] for r in removed],
             )
-    return LabelSync(labels=len(ids), removed=len(removed))
+    added = sorted(lb.name for lb in labels if lb.id not in known)
+    return LabelSync(labels=len(ids), removed=len(removed), added=added)
 
 
 async def stored_gmail_ids(conn: asyncpg.Connection, account_id: str, ids: Iterable[str]) -> set[str]:

@@ -7,9 +7,11 @@ mirror written straight into the tables (the sync has its own tests, verified by
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import socket
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +19,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from conftest import AccountFactory, run_cli
+from conftest import REPO, AccountFactory, run_cli
 from devkit.gmail_fake import GmailFake
 from providers.gmail import GmailCredentials, parse_credentials
 from store.crypto import CredentialBox
@@ -333,3 +335,32 @@ async def test_add_imap_twice_is_refused(
     assert added.returncode == 1
     assert "exists already" in one_line(added.stderr) and existing.id in added.stderr
     assert await pool.fetchval("SELECT count(*) FROM accounts WHERE address = 'else@example.test'") == 0
+
+
+async def test_dev_gmail_serves_a_mailbox_that_account_add_accepts(
+    cli_env: dict[str, str], tmp_path: Path, pool: asyncpg.Pool,
+) -> None:
+    """`mailsync dev gmail`: a local Gmail API and a credentials file, ready for `account add gmail`."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    user = f"dev-{uuid.uuid4().hex[:6]}@example.test"
+    env = cli_env | {"MAILSYNC_STATE_DIR": str(tmp_path)}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "cli", "dev", "gmail", "--port", str(port), "--seed-messages", "5", "--user", user,
+        cwd=REPO, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), 60)
+        served = json.loads(line)
+        creds = served["users"][0]["credentials_file"]
+        assert served["endpoint"] == f"http://127.0.0.1:{port}" and Path(creds).is_file()
+        added = await run_cli(env, "account", "add", "gmail", "--credentials", creds,
+                              "--api-endpoint", served["endpoint"])
+        assert added.returncode == 0, added.stderr
+        account_id = added.stdout.strip()
+        assert await pool.fetchval("SELECT address FROM accounts WHERE id = $1", account_id) == user
+    finally:
+        proc.terminate()
+        await proc.wait()

@@ -240,6 +240,11 @@ async def test_pause_resume_and_start_twice_attaches(
     assert paused.returncode == 0, paused.stderr
     assert await until(lambda: _phase_is(handle, AccountPhase.paused))
     assert await until(lambda: findable("paused"))
+
+    async def listed_paused() -> bool:
+        return await pool.fetchval("SELECT status FROM accounts WHERE id = $1", account.id) == "paused"
+
+    assert await until(listed_paused)
     with pytest.raises(WorkflowUpdateFailedError):
         await sync_now(handle)
     c = account.imap()

@@ -115,6 +115,17 @@ async def test_ctrl_c_on_follow_leaves_the_sync_running(
     out, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode in (0, 130), err.decode()
     assert "Traceback" not in err.decode()
+    # Ctrl-C while `--wait` blocks on the update: "interrupted", 130, not an error
+    waiting = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "cli", "sync", "start", account.id, "--wait", cwd=REPO, env=cli_env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    await asyncio.sleep(2.0)
+    if waiting.returncode is None:
+        waiting.send_signal(signal.SIGINT)
+    _, werr = await asyncio.wait_for(waiting.communicate(), 30)
+    if waiting.returncode != 0:  # 0: the initial sync finished before the signal
+        assert waiting.returncode == 130 and "interrupted" in werr.decode(), werr.decode()
     # the sync is the workflow's, not the CLI's: it finishes and the mirror is exact
     done = await run_cli(cli_env, "sync", "start", account.id, "--wait")
     assert done.returncode == 0, done.stderr

@@ -280,7 +280,9 @@ class AccountSyncWorkflow:
         if st.paused:
             self._publish(AccountPhase.paused)
             await self._stop_watch()
+            await self._set_status(inp.account_id, "paused", None)  # `account list` says so too
             await workflow.wait_condition(lambda: not st.paused)
+            await self._set_status(inp.account_id, "active", None)
             st.changed = True
             return True
         return False

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from workflows.account_sync import AccountSyncWorkflow
 
 ALL_MAIL = "All Mail"
+OLDER = "All Mail (older)"
 _WATCH_RENEW = timedelta(days=1)
 _WATCH_RETRY = timedelta(hours=1)
 # Continue-as-new during a long listing before the history gets heavy (children cost ~10 events each).
@@ -86,14 +87,35 @@ class GmailFlow:
         raise AssertionError("unreachable: the live loop continues-as-new")
 
     def _show(self) -> FolderProgress:
-        """The one progress row of a Gmail account (labels are not folders: a message has several)."""
+        """The progress rows of a Gmail account: "All Mail" (labels are not folders: a message has
+        several) and, while a --since sync backfills, "All Mail (older)"."""
         g = self.g
         row = self.wf._folders.get(ALL_MAIL) or FolderProgress(name=ALL_MAIL, role="all")
-        row.total, row.done, row.bytes = max(g.messages_total, g.synced), g.synced, g.bytes
+        if g.listing:  # what this listing has mirrored (or found stored) out of the mailbox
+            row.total, row.done = max(g.messages_total, g.synced), g.synced
+            row.bytes = g.stored_bytes + g.bytes
+        elif g.backfill_query:  # usable: the window is mirrored; the older part shows below
+            row.total = row.done = g.window_synced
+            row.bytes = g.window_bytes
+        else:  # the mirror as last counted
+            row.total = row.done = g.stored
+            row.bytes = g.stored_bytes
         row.phase = FolderPhase.running if g.listing else FolderPhase.done
         row.updated_at = workflow.now()
         self.wf._folders[ALL_MAIL] = row
+        older = self.wf._backfill
+        if g.backfill_query or OLDER in older:
+            done = g.synced - g.window_synced
+            older[OLDER] = FolderProgress(
+                name=OLDER, role="all", phase=FolderPhase.running if g.backfill_query else FolderPhase.done,
+                done=done, total=max(done, g.messages_total - g.window_synced), bytes=g.bytes - g.window_bytes,
+                updated_at=workflow.now(),
+            )
         return row
+
+    def _count(self, stored: int, stored_bytes: int) -> None:
+        self.g.stored, self.g.stored_bytes = stored, stored_bytes
+        self._show()
 
     async def _start(self) -> GmailStartResult:
         assert self.wf._progress is not None
@@ -103,6 +125,9 @@ class GmailFlow:
         )
         self.wf._progress.address = start.address
         self.g.messages_total = start.messages_total
+        if not self.g.listing:
+            self.g.stored, self.g.stored_bytes = start.stored, start.stored_bytes
+        self._show()
         return start
 
     def _begin_listing(self, start: GmailStartResult, *, resync: bool) -> None:
@@ -119,7 +144,9 @@ class GmailFlow:
         g.history_id = g.start_history_id  # everything since is replayed by the next pass
         g.listing = g.resync = False
         g.list_token = None
-        g.messages_total = max(g.messages_total, g.synced)
+        g.window_synced, g.window_bytes = g.synced, g.bytes
+        if not g.backfill_query:  # counted exactly by the next pass; meanwhile what the listing saw
+            g.stored, g.stored_bytes = g.synced, g.stored_bytes + g.bytes
         self._show()
 
     async def _initial(self) -> None:
@@ -296,7 +323,7 @@ class GmailFlow:
         g.backfill_token = page.next_page_token
         if not g.backfill_token:
             g.backfill_query = None
-        g.messages_total = max(g.messages_total, g.synced)
+            g.stored, g.stored_bytes = g.synced, g.stored_bytes + g.bytes  # counted exactly by the next pass
         self._show()
 
     async def _pass(self) -> None:
@@ -329,6 +356,9 @@ class GmailFlow:
             result.folders.append(FolderChanges(
                 folder=ALL_MAIL, new=r.added, updated=r.relabeled, expunged=r.deleted, downloaded_bytes=r.bytes,
             ))
+            result.folders_added = r.labels_added
+            if not g.backfill_query:
+                self._count(r.stored, r.stored_bytes)
         finally:
             wf._pass_running = False
         if expired:  # Gmail no longer has our historyId: only a full resync can catch up

@@ -229,7 +229,11 @@ class GmailCursor(BaseModel):
     messages_total: int = 0
     synced: int = 0                      # messages the current listing has persisted or found stored
     fetched: int = 0                     # of those, downloaded (the rest were stored already)
-    bytes: int = 0
+    bytes: int = 0                       # downloaded by the current listing
+    stored: int = 0                      # live messages in the mirror, as last counted
+    stored_bytes: int = 0
+    window_synced: int = 0               # messages the --since window held (the backfill's baseline)
+    window_bytes: int = 0
     backfill_query: str | None = None    # `before:` of a --since sync: older mail, listed page by page
     backfill_token: str | None = None
     watch_expires: datetime | None = None
@@ -387,6 +391,8 @@ class GmailStartResult(BaseModel):
     messages_total: int
     labels: int
     labels_removed: int
+    stored: int = 0                      # live messages already in the mirror, and their bytes
+    stored_bytes: int = 0
 
 
 class ThreadBatch(BaseModel):
@@ -452,7 +458,10 @@ class GmailHistoryResult(BaseModel):
     deleted: int = 0
     relabeled: int = 0
     labels_removed: int = 0
+    labels_added: list[str] = Field(default_factory=list)   # names of labels new since the last pass
     bytes: int = 0
+    stored: int = 0                      # live messages in the mirror afterwards, and their bytes
+    stored_bytes: int = 0
 
 
 class GmailReconcileInput(BaseModel):

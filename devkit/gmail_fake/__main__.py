@@ -12,6 +12,7 @@ import json
 import signal
 import sys
 import threading
+from pathlib import Path
 from types import FrameType
 
 from devkit.corpus import OWNER_ADDRESS
@@ -30,6 +31,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-enforce-quota", action="store_true", help="count quota but never answer 429")
     parser.add_argument("--history-retention", type=int, default=None, help="history records kept per user")
     parser.add_argument("--push-url", default=None, help="deliver watch notifications to this URL (Pub/Sub push format)")
+    parser.add_argument("--credentials-dir", default=None,
+                        help="write an authorized_user credentials file per user here (for `account add gmail`)")
     return parser.parse_args(argv)
 
 
@@ -49,13 +52,28 @@ def main(argv: list[str] | None = None) -> int:
         tokens[user] = fake.add_user(user, args.refresh_token if index == 0 else None)
         if args.seed_messages:
             fake.seed(user, args.seed_messages, seed=args.seed + index)
+    files: dict[str, str] = {}
+    if args.credentials_dir:
+        folder = Path(args.credentials_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        for user, token in tokens.items():
+            path = folder / f"{user}.json"
+            path.write_text(json.dumps({
+                "type": "authorized_user", "client_id": "mailsync-dev", "client_secret": "dev-secret",
+                "refresh_token": token, "token_uri": fake.token_uri,
+            }, indent=2))
+            path.chmod(0o600)
+            files[user] = str(path)
     print(
         json.dumps(
             {
                 "endpoint": fake.endpoint,
                 "token_uri": fake.token_uri,
                 "batch_uri": fake.batch_uri,
-                "users": [{"address": u, "refresh_token": t, "history_id": fake.history_id(u)} for u, t in tokens.items()],
+                "users": [
+                    {"address": u, "refresh_token": t, "history_id": fake.history_id(u), "credentials_file": files.get(u)}
+                    for u, t in tokens.items()
+                ],
             }
         ),
         flush=True,

@@ -151,6 +151,17 @@ def _classify_http(exc: HttpError, what: str) -> ProviderError:
     return RequestRejected(message, status=status, reason=reason)
 
 
+def _refresh_reason(exc: RefreshError) -> str:
+    """`invalid_grant: Token has been expired or revoked.` rather than the tuple google-auth carries."""
+    detail = exc.args[1] if len(exc.args) > 1 and isinstance(exc.args[1], dict) else {}
+    code = detail.get("error")
+    text = detail.get("error_description")
+    if code:
+        return f"{code}: {text}" if text else str(code)
+    first = exc.args[0] if exc.args else exc
+    return str(first)
+
+
 def classify(exc: BaseException, what: str = "gmail") -> ProviderError:
     """The `ProviderError` for an exception raised by google-api-python-client / google-auth / httplib2.
 
@@ -168,7 +179,8 @@ def classify(exc: BaseException, what: str = "gmail") -> ProviderError:
         # google-auth marks token-endpoint 5xx/429 answers retryable; invalid_grant/invalid_client are not.
         if exc.retryable:
             return NetworkError(f"{what}: token refresh failed, retryable: {exc}")
-        return AuthExpired(f"{what}: token refresh refused: {exc}")
+        return AuthExpired(f"{what}: the Gmail grant was refused ({_refresh_reason(exc)}): revoked or expired; "
+                           "store a new one with `mailsync account update ACCOUNT --credentials FILE`")
     if isinstance(exc, TransportError):
         return NetworkError(f"{what}: token endpoint unreachable: {exc}")
     if isinstance(exc, (httplib2.HttpLib2Error, socket.timeout, TimeoutError, ssl.SSLError, OSError)):

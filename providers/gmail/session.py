@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
+import google.auth.credentials
 import google_auth_httplib2
 import httplib2
 from googleapiclient.discovery import Resource, build
@@ -136,6 +137,7 @@ class GmailSession:
         max_retry_rounds: int = 5,
         max_retry_after: float = 30.0,
         server_error_backoff: float = 1.0,
+        google_credentials: google.auth.credentials.Credentials | None = None,
     ) -> None:
         self.creds = creds
         self.api_endpoint = (api_endpoint or GOOGLE_API_ENDPOINT).rstrip("/")
@@ -147,7 +149,9 @@ class GmailSession:
         self.server_error_backoff = server_error_backoff
         self._max_concurrency = max_concurrency
         self._slots: asyncio.Semaphore | None = None
-        self._google_creds = creds.to_google()
+        # shared by the caller across sessions of the same grant: one access token, refreshed when due,
+        # instead of a token-endpoint round trip per session
+        self._google_creds = google_credentials or creds.to_google()
         self._local = threading.local()
         self._https: list[httplib2.Http] = []
         self._https_lock = threading.Lock()

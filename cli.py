@@ -209,8 +209,9 @@ async def _refuse_duplicate(conn: Any, provider: str, address: str, *, imap: Any
         provider, address,
     )
     if existing:
+        how = "--credentials FILE" if provider == "gmail" else "--password-stdin"
         raise CliError(f"{provider} account {address} exists already ({existing}); "
-                       f"`mailsync account update {existing}` changes its credentials")
+                       f"`mailsync account update {existing} {how}` changes its credentials")
     if imap is not None:
         existing = await conn.fetchval(
             """SELECT id FROM accounts WHERE provider = 'imap' AND lower(settings->>'host') = lower($1)
@@ -219,7 +220,7 @@ async def _refuse_duplicate(conn: Any, provider: str, address: str, *, imap: Any
         )
         if existing:
             raise CliError(f"an account for {imap.username} on {imap.host} exists already ({existing}); "
-                           f"`mailsync account update {existing}` changes its password")
+                           f"`mailsync account update {existing} --password-stdin` changes its password")
 
 
 def _gmail_credentials(path: Path, user: str | None, *, default_user: str | None = None) -> Any:
@@ -439,7 +440,7 @@ async def _follow(handle: Any) -> None:
                TextColumn("{task.fields[info]}"), TimeRemainingColumn())
     with Progress(*columns, console=err, transient=False) as bar:
         tasks: dict[str, Any] = {}
-        overall = bar.add_task("[bold]all folders", total=None, info="")
+        overall: Any = None  # added once there is more than one row to sum up
         while True:
             desc = await handle.describe()
             try:
@@ -457,8 +458,15 @@ async def _follow(handle: Any) -> None:
                     if key not in tasks:
                         tasks[key] = bar.add_task(key[:24], total=None, info="")
                     bar.update(tasks[key], completed=f.done, total=f.total or None, info=f"{f.bytes / 1e6:.1f} MB")
-                bar.update(overall, completed=p.done, total=p.total or None,
-                           info=f"{p.phase.value}, {p.messages_per_second:.0f} msg/s")
+                if overall is None and len(p.folders) > 1:
+                    overall = bar.add_task("[bold]all folders", total=None, info="")
+                if overall is not None:
+                    bar.update(overall, completed=p.done, total=p.total or None,
+                               info=f"{p.phase.value}, {p.messages_per_second:.0f} msg/s")
+                elif len(p.folders) == 1:
+                    only = tasks[p.folders[0].name]
+                    bar.update(only, info=f"{p.folders[0].bytes / 1e6:.1f} MB, {p.phase.value}, "
+                                          f"{p.messages_per_second:.0f} msg/s")
             if desc.status != WorkflowExecutionStatus.RUNNING or (p is not None and p.phase.value in _SETTLED):
                 return
             await asyncio.sleep(0.5)

@@ -329,7 +329,7 @@ async def test_since_window_first_then_older_mail_in_the_background(
     recent = {m for m in fake.message_ids(account.user) if fake.message(account.user, m).internal_date_ms >= cut}
     assert 20 < len(recent) < 180
     # small pages of older mail, so the backfill takes several steps between passes
-    tuning = FAST.model_copy(update={"gmail_thread_batch": 10, "gmail_children": 1})
+    tuning = FAST.model_copy(update={"gmail_thread_batch": 10, "gmail_children": 1, "gmail_quota": 400})
     await client.start_workflow(
         AccountSyncWorkflow.run, AccountSyncInput(account_id=account.id, tuning=tuning, since=since),
         id=account_workflow_id(account.id), task_queue="mailsync-test",
@@ -340,6 +340,18 @@ async def test_since_window_first_then_older_mail_in_the_background(
     stored = {r["gmail_id"] for r in await pool.fetch(
         "SELECT gmail_id FROM gmail_messages WHERE account_id = $1", account.id)}
     assert recent <= stored  # usable: the whole window is there when wait_initial returns
+    # a pause stops the backfill between two children, not after a whole page
+    await handle.signal(AccountSyncWorkflow.pause)
+
+    async def paused() -> bool:
+        return (await handle.query(AccountSyncWorkflow.progress)).phase == AccountPhase.paused
+
+    assert await until(paused, timeout=15)
+    count = lambda: pool.fetchval("SELECT count(*) FROM gmail_messages WHERE account_id = $1", account.id)  # noqa: E731
+    held = await count()
+    await asyncio.sleep(1.5)
+    assert await count() == held < 200
+    await handle.signal(AccountSyncWorkflow.resume)
 
     async def complete() -> bool:
         p = await handle.query(AccountSyncWorkflow.progress)

@@ -195,18 +195,24 @@ class GmailFlow:
             SHORT_TIMEOUT,
         )
 
-    async def _start_children(self, batches: list[ThreadBatch], running: list[asyncio.Future[None]]) -> None:
-        """A child per batch, waiting for a free slot before each (stops early on an auth failure)."""
+    async def _start_children(
+        self, batches: list[ThreadBatch], running: list[asyncio.Future[None]], *, pausable: bool = False
+    ) -> bool:
+        """A child per batch, waiting for a free slot before each; False when it stopped early (an auth
+        failure, or with `pausable` a pause: the backfill does not make a pause wait for a whole page)."""
         wf, g = self.wf, self.g
         slots = max(1, self.inp.tuning.gmail_children)
+
+        def stop() -> bool:
+            return wf._auth_error is not None or (pausable and self.st.paused)
+
         for batch in batches:
-            await workflow.wait_condition(
-                lambda: sum(not t.done() for t in running) < slots or wf._auth_error is not None
-            )
-            if wf._auth_error is not None:
-                return
+            await workflow.wait_condition(lambda: sum(not t.done() for t in running) < slots or stop())
+            if stop():
+                return False
             g.batches += 1
             running.append(asyncio.ensure_future(self._child(batch, g.batches)))
+        return True
 
     async def _list_pages(self, query: str | None) -> None:
         wf, g, inp = self.wf, self.g, self.inp
@@ -313,12 +319,12 @@ class GmailFlow:
         running: list[asyncio.Future[None]] = []
         page = await self._list_page(g.backfill_token, g.backfill_query)
         try:
-            await self._start_children(page.batches, running)
+            complete = await self._start_children(page.batches, running, pausable=True)
         finally:
             await asyncio.gather(*running, return_exceptions=True)
         if self.wf._auth_error is not None:
             raise AccountAuthFailed()
-        if self._lost:  # the same page again next time; stored ids are skipped
+        if self._lost or not complete:  # the same page again next time; stored ids are skipped
             return
         g.backfill_token = page.next_page_token
         if not g.backfill_token:

@@ -301,9 +301,16 @@ async def test_watch_push_through_the_gateway_syncs_new_mail(
             BackgroundServer(gateway_settings(settings, MAILSYNC_TASK_QUEUE="mailsync-test")) as gw:
         pushing.set_push_url(f"{gw.url}/webhooks/gmail?token={TOKEN}")
         account = await add_gmail_account(pushing, pool, box, 30, seed=56)
-        tuning = FAST.model_copy(update={"gmail_watch_topic": "projects/mailsync-test/topics/gmail"})
+        tuning = FAST.model_copy(update={
+            "gmail_watch_topic": "projects/mailsync-test/topics/gmail", "gmail_watch_renew_seconds": 2.0,
+        })
         handle = await start_live(client, account.id, tuning)
         assert pushing.stats(account.user).calls.get("watch", 0) == 1
+
+        async def renewed() -> bool:  # the renewal timer (a day in production) fires by itself
+            return pushing.stats(account.user).calls.get("watch", 0) >= 3
+
+        assert await until(renewed, timeout=15)
         new = seed_messages(pushing, account.user, generate_corpus(2, seed=95))
 
         async def arrived() -> bool:

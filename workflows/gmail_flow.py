@@ -37,7 +37,6 @@ if TYPE_CHECKING:
 
 ALL_MAIL = "All Mail"
 OLDER = "All Mail (older)"
-_WATCH_RENEW = timedelta(days=1)
 _WATCH_RETRY = timedelta(hours=1)
 # Continue-as-new during a long listing before the history gets heavy (children cost ~10 events each).
 _LISTING_HISTORY_LIMIT = 20_000
@@ -425,4 +424,5 @@ class GmailFlow:
             g.watch_renew_at = workflow.now() + _WATCH_RETRY
             return
         g.watch_expires = w.expiration
-        g.watch_renew_at = min(workflow.now() + _WATCH_RENEW, w.expiration - _WATCH_RETRY)
+        renew = timedelta(seconds=self.inp.tuning.gmail_watch_renew_seconds)
+        g.watch_renew_at = min(workflow.now() + renew, w.expiration - _WATCH_RETRY)

@@ -29,6 +29,7 @@ class SyncTuning(BaseModel):
     gmail_children: int = 2          # ThreadSyncWorkflow children in flight per Gmail account
     gmail_thread_batch: int = 100    # threads per ThreadSyncWorkflow child
     gmail_watch_topic: str | None = None  # users.watch topic, renewed daily; None: poll only
+    gmail_watch_renew_seconds: float = 86_400.0  # Gmail drops a watch after 7 days; renew well before
 
 
 class FolderRef(BaseModel):

@@ -29,7 +29,6 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -45,6 +44,7 @@ sys.path.insert(0, str(REPO / "bench"))
 from initial_sync import ProcessSampler, _busy_cores, _temporal_pid, _worker_ready  # noqa: E402
 
 from devkit.gmail_fake import GmailFake  # noqa: E402
+from devkit.processes import stop_process  # noqa: E402
 
 QUEUE = "bench-gmail"
 USER = "bench@example.com"
@@ -276,12 +276,7 @@ async def bench(n: int, quota: int, children: int, thread_batch: int, seed: int,
             poller.cancel()
         if pool is not None:
             await pool.close()
-        if worker is not None:
-            worker.send_signal(signal.SIGTERM)
-            try:
-                worker.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                worker.kill()
+        stop_process(worker)
         await env.shutdown()
         fake.stop()
         pg.cleanup()

@@ -27,7 +27,6 @@ import os
 import random
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -44,6 +43,7 @@ sys.path.insert(0, str(REPO))
 
 from devkit.corpus import generate_corpus  # noqa: E402
 from devkit.dovecot import DovecotServer, start_dovecot  # noqa: E402
+from devkit.processes import stop_process  # noqa: E402
 
 QUEUE = "bench-incremental"
 FOLDERS = ("INBOX", "Sent", "Archive", "Lists/Python")
@@ -518,12 +518,7 @@ async def bench(n: int, change_counts: list[int], repeat: int, seed: int, max_at
             "idle_after_churn_s": after["wall_s"],
         } | ({"bulk_flag_pass": bulk} if bulk is not None else {})
     finally:
-        if worker is not None:
-            worker.send_signal(signal.SIGTERM)
-            try:
-                worker.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                worker.kill()
+        stop_process(worker)
         if pool is not None:
             await pool.close()
         for acct in accounts:

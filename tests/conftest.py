@@ -36,6 +36,7 @@ from activities.deps import Deps
 from config import Settings
 from devkit.corpus import SeedMessage
 from devkit.dovecot import DovecotServer, start_dovecot
+from devkit.processes import stop_process
 from ops.verify import VerifyReport, verify_account
 from providers.imap.client import ImapSession
 from providers.imap.settings import ImapSettings
@@ -328,9 +329,5 @@ async def sync_while_killing_workers(
             proc = start_worker()
         result = await sync
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
     return result, done

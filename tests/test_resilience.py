@@ -21,6 +21,7 @@ from temporalio.client import Client
 
 from devkit.corpus import generate_corpus
 from devkit.dovecot import DovecotServer
+from devkit.processes import stop_process
 from store.accounts import create_account
 from store.crypto import CredentialBox
 from store.db import create_pool
@@ -92,12 +93,7 @@ async def test_database_goes_away_mid_sync(
         assert dup == 0
         assert "database unavailable" in log.read_text().lower() or "DatabaseUnavailable" in log.read_text()
     finally:
-        if worker is not None:
-            worker.send_signal(signal.SIGTERM)
-            try:
-                worker.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                worker.kill()
+        stop_process(worker)
         await pool.close()
         server.cleanup()
 

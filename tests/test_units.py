@@ -155,3 +155,66 @@ def test_snippet_decodes_base64_text_and_falls_back_to_html() -> None:
         b"<b>Only</b> html\n--x--\n"
     )
     assert html.snippet == "Only html"
+
+
+
+def test_fetch_wait_data_counts_parentheses_as_aioimaplib_does() -> None:
+    """providers.imap.wire's running count answers as aioimaplib's rescan, line after line."""
+    import asyncio
+
+    from aioimaplib import aioimaplib as lib
+
+    from providers.imap import wire
+
+    def rescan(cmd: lib.FetchCommand) -> bool:  # aioimaplib 2.0.3's FetchCommand.wait_data
+        last_fetch_index = 0
+        for index, line in enumerate(cmd._resp_lines):
+            if isinstance(line, bytes) and cmd.FETCH_MESSAGE_DATA_RE.match(line):
+                last_fetch_index = index
+        return not lib.matched_parenthesis(
+            b"".join(filter(lambda l: isinstance(l, bytes), cmd.response.lines[last_fetch_index:]))
+        )
+
+    pieces = [b"* 1 FETCH (UID 1 BODY[] {3}", b"* 22 FETCH (FLAGS (\\Seen) UID 2)", b" UID 7)", b")", b"(",
+              b"* 3 FETCH (", b"x (y) z", b"OK done", b"", b"* 4 FETCH ((", b"))", bytearray(b"lit(eral")]
+    rng = random.Random(7)
+    loop = asyncio.new_event_loop()
+    try:
+        for _ in range(300):
+            theirs = lib.FetchCommand("A1", "1:*", "(BODY[])", loop=loop)
+            ours = lib.FetchCommand("A1", "1:*", "(BODY[])", loop=loop)
+            for _ in range(rng.randint(1, 25)):
+                line = rng.choice(pieces)
+                theirs._resp_lines.append(line)
+                ours._resp_lines.append(line)
+                assert wire._fetch_wait_data(ours) == rescan(theirs)
+    finally:
+        loop.close()
+
+
+def test_reads_are_not_formatted_for_a_disabled_debug_log() -> None:
+    """aioimaplib formats every socket read for its debug log; with debug off, ours does not."""
+    import asyncio
+
+    from aioimaplib import aioimaplib as lib
+
+    import providers.imap.client  # noqa: F401  (installs providers.imap.wire)
+
+    class Loud(bytes):
+        def __str__(self) -> str:
+            raise AssertionError("a read was formatted")
+
+        __repr__ = __str__
+
+    loop = asyncio.new_event_loop()
+    try:
+        proto = lib.IMAP4ClientProtocol(loop, None)
+        proto.state = lib.AUTH
+        level = lib.log.level
+        lib.log.setLevel("INFO")
+        try:
+            proto.data_received(Loud(b"* 3 EXISTS\r\n"))
+        finally:
+            lib.log.setLevel(level)
+    finally:
+        loop.close()

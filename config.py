@@ -30,7 +30,7 @@ class Settings(BaseSettings):
         description="base64 of 32 random bytes; encrypts stored credentials (AES-256-GCM)",
     )
     state_dir: Path = Field(default_factory=default_state_dir, validation_alias="MAILSYNC_STATE_DIR")
-    page_size: int = Field(default=500, ge=1, le=5000, validation_alias="MAILSYNC_PAGE_SIZE")
+    page_size: int = Field(default=1000, ge=1, le=5000, validation_alias="MAILSYNC_PAGE_SIZE")
     fetch_chunk: int = Field(default=100, ge=1, le=5000, validation_alias="MAILSYNC_FETCH_CHUNK")
     connection_limit: int = Field(default=2, ge=1, le=32, validation_alias="MAILSYNC_CONNECTION_LIMIT")
     imap_auth_timeout: float = Field(default=5.0, gt=0, validation_alias="MAILSYNC_IMAP_AUTH_TIMEOUT")

@@ -1,7 +1,7 @@
 """Benchmark: full initial sync through a real worker vs. the raw aioimaplib fetch ceiling, one run.
 
 Generates N messages into a private Dovecot, pulls them with a bare batched `UID FETCH` loop (the
-protocol ceiling) in batches of 500 (a page) and of 100 (a chunk: what the sync fetches per
+protocol ceiling) in batches of 500 (the page size before it became 1000) and of 100 (a chunk: what the sync fetches per
 command, which aioimaplib reads faster), then runs AccountSyncWorkflow through `worker.py` (as
 many worker processes as its defaults start) against a private Temporal dev server and
 PostgreSQL. Prints messages/s, MB/s, the peak RSS of the worker's whole process tree, and the CPU
@@ -207,7 +207,7 @@ async def bench(n: int, seed: int, max_attachment: int) -> dict[str, float | int
         )
         sampler.start()
         machine = _busy_cores()
-        tuning = SyncTuning()  # production defaults: 500-UID pages, 2 connections
+        tuning = SyncTuning()  # production defaults (page size, chunk size, 2 connections)
         start = time.perf_counter()
         result = await env.client.execute_workflow(
             AccountSyncWorkflow.run, AccountSyncInput(account_id="bench", tuning=tuning, live=False),

@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field
 class SyncTuning(BaseModel):
     """Knobs an operator sets (config.Settings) that the workflows pass down to every folder."""
 
-    page_size: int = 500
+    page_size: int = 1000
     chunk_size: int = 100
     connection_limit: int = 2
     pages_per_run: int = 100         # a folder workflow continues-as-new after this many pages
@@ -60,7 +60,7 @@ class PlanPagesInput(BaseModel):
     folder: FolderRef
     expected_uidvalidity: int | None = None
     below_uid: int | None = None     # plan only UIDs lower than this (None: from the top)
-    page_size: int = 500
+    page_size: int = 1000
     max_pages: int = 200
     since: date | None = None        # window on INTERNALDATE: on or after this day
     before: date | None = None       # and before this day

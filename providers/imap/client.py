@@ -60,7 +60,7 @@ def quote_mailbox(name: str) -> str:
 
 
 def uid_set(uids: list[int]) -> str:
-    """Compact `1:5,9,12:14` form so a 500-UID page stays a short command line."""
+    """Compact `1:5,9,12:14` form so a page of UIDs stays a short command line."""
     ordered = sorted(set(uids))
     parts: list[str] = []
     start = prev = ordered[0]

@@ -218,3 +218,56 @@ def test_reads_are_not_formatted_for_a_disabled_debug_log() -> None:
             lib.log.setLevel(level)
     finally:
         loop.close()
+
+
+def test_command_inactivity_timeout_moves_with_data_and_still_fires() -> None:
+    """providers.imap.wire keeps one timer per command and moves its deadline on each piece of data:
+    the command still times out `timeout` seconds after the last data, and not before."""
+    import asyncio
+
+    from aioimaplib import aioimaplib as lib
+
+    import providers.imap.client  # noqa: F401  (installs providers.imap.wire)
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        cmd = lib.Command("NOOP", "A1", loop=loop, timeout=0.2)
+        for _ in range(4):  # data every 0.1 s for 0.4 s: twice the timeout, no timeout
+            await asyncio.sleep(0.1)
+            cmd.append_to_resp(b"* 1 EXISTS")
+        assert not cmd._event.is_set()
+        last = loop.time()
+        with pytest.raises(lib.CommandTimeout):
+            await cmd.wait()
+        assert 0.18 <= loop.time() - last < 0.5
+        done = lib.Command("NOOP", "A2", loop=loop, timeout=0.1)
+        done.close(b"A2 OK done", "OK")
+        await asyncio.sleep(0.2)  # a closed command leaves no timer behind
+        assert done._exception is None and done._timer.cancelled()
+
+    asyncio.run(scenario())
+
+
+def test_internaldate_parsed_as_strptime_does() -> None:
+    from datetime import datetime
+
+    from providers.imap.parse import parse_internaldate
+
+    def strptime(text: bytes) -> datetime | None:
+        try:
+            return datetime.strptime(text.decode().strip(), "%d-%b-%Y %H:%M:%S %z")
+        except ValueError:
+            return None
+
+    rng = random.Random(5)
+    cases = [b"24-Nov-2026 21:26:16 +0100", b" 4-Nov-2026 01:02:03 -0530", b"31-Feb-2026 01:02:03 +0000",
+             b"4-Nov-2026 01:02:03 Z", b"04-Nov-2026 01:02:03 +0099", b"04-Nov-2026 01:02:03 +2400", b"garbage", b""]
+    cases += [
+        f"{rng.randint(0, 32)}-{rng.choice(['Jan', 'feb', 'DEC', 'Foo'])}-{rng.randint(0, 9999):04d} "
+        f"{rng.randint(0, 25):02d}:{rng.randint(0, 61):02d}:{rng.randint(0, 61):02d} "
+        f"{rng.choice('+-')}{rng.randint(0, 25):02d}{rng.randint(0, 99):02d}".encode()
+        for _ in range(3000)
+    ]
+    for text in cases:
+        ours, theirs = parse_internaldate(text), strptime(text)
+        assert ours == theirs and (ours is None or ours.utcoffset() == theirs.utcoffset()), text  # type: ignore[union-attr]

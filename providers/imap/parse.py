@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 
 from mail.model import FetchedMessage
 
@@ -115,7 +115,29 @@ def parse_search(lines: list[bytes | bytearray]) -> list[int]:
     return uids
 
 
+_INTERNALDATE_RE = re.compile(rb" ?(\d{1,2})-([A-Za-z]{3})-(\d{4}) (\d\d):(\d\d):(\d\d) ([+-])(\d\d)(\d\d)")
+_MONTHS = {m: i for i, m in enumerate(
+    (b"jan", b"feb", b"mar", b"apr", b"may", b"jun", b"jul", b"aug", b"sep", b"oct", b"nov", b"dec"), 1)}
+_ZONES: dict[int, timezone] = {}
+
+
 def parse_internaldate(text: bytes) -> datetime | None:
+    """`24-Nov-2026 21:26:16 +0100` as strptime("%d-%b-%Y %H:%M:%S %z") reads it, the usual form
+    without strptime (a third of the time spent on a fetched message's attributes)."""
+    m = _INTERNALDATE_RE.fullmatch(text.strip())
+    if m is not None:
+        day, month, year, hour, minute, second, sign, zh, zm = m.groups()
+        number = _MONTHS.get(month.lower())
+        offset = int(zh) * 60 + int(zm)
+        if number is not None and int(zm) < 60 and offset < 24 * 60:
+            offset = -offset if sign == b"-" else offset
+            zone = _ZONES.get(offset)
+            if zone is None:
+                zone = _ZONES[offset] = timezone(timedelta(minutes=offset))
+            try:
+                return datetime(int(year), number, int(day), int(hour), int(minute), int(second), tzinfo=zone)
+            except ValueError:
+                pass  # e.g. 31-Feb: strptime decides
     try:
         return datetime.strptime(text.decode().strip(), "%d-%b-%Y %H:%M:%S %z")
     except ValueError:

@@ -96,7 +96,34 @@ def _handle_responses(
             current_cmd = None
 
 
+def _set_timer(self: _lib.Command) -> None:
+    if self._timeout is not None:
+        self._deadline = self._loop.time() + self._timeout
+        self._timer = self._loop.call_at(self._deadline, self._check_deadline)
+
+
+def _check_deadline(self: _lib.Command) -> None:
+    if self._loop.time() < self._deadline:  # data came in since: wait for the moved deadline
+        self._timer = self._loop.call_at(self._deadline, self._check_deadline)
+    else:
+        self._timeout_callback()
+
+
+def _reset_timer(self: _lib.Command) -> None:
+    """aioimaplib cancels and schedules a timer for every response line and literal piece (about
+    five per fetched message); here the pending timer stays and only its deadline moves."""
+    if self._timeout is None:
+        return
+    if self._timer.cancelled():
+        _set_timer(self)
+    else:
+        self._deadline = self._loop.time() + self._timeout
+
+
 def install() -> None:
     _lib.IMAP4ClientProtocol._handle_responses = _handle_responses  # type: ignore[method-assign]
     _lib.IMAP4ClientProtocol.data_received = _data_received  # type: ignore[method-assign]
     _lib.FetchCommand.wait_data = _fetch_wait_data  # type: ignore[method-assign]
+    _lib.Command._set_timer = _set_timer  # type: ignore[method-assign]
+    _lib.Command._reset_timer = _reset_timer  # type: ignore[method-assign]
+    _lib.Command._check_deadline = _check_deadline  # type: ignore[attr-defined]

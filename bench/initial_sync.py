@@ -1,12 +1,15 @@
 """Benchmark: full initial sync through a real worker vs. the raw aioimaplib fetch ceiling, one run.
 
 Generates N messages into a private Dovecot, pulls them with a bare batched `UID FETCH` loop (the
-protocol ceiling) in batches of 500 (the page size before it became 1000) and of 100 (a chunk: what the sync fetches per
-command, which aioimaplib reads faster), then runs AccountSyncWorkflow through `worker.py` (as
-many worker processes as its defaults start) against a private Temporal dev server and
-PostgreSQL. Prints messages/s, MB/s, the peak RSS of the worker's whole process tree, and the CPU
-time each party spent per message; the last line is one JSON object. `ratio` is against the
-500-UID loop, `ratio_vs_best_raw` against the faster of the two loops.
+protocol ceiling, bench/raw_fetch.py) in batches of 500: once with aioimaplib as published (in a
+process of its own) and once with the fixes mailsync applies to it (providers/imap/wire.py, which
+make aioimaplib itself several times faster), and in batches of 100 (a chunk: what the sync fetches
+per command). Then runs AccountSyncWorkflow through `worker.py` (as many worker processes as its
+defaults start) against a private Temporal dev server and PostgreSQL. Prints messages/s, MB/s, the
+peak RSS of the worker's whole process tree, and the CPU time each party spent per message; the
+last line is one JSON object. `ratio` is against the published aioimaplib's 500-UID loop,
+`ratio_vs_patched` against the same loop on the patched client, `ratio_vs_best_raw` against the
+fastest loop.
 
     python bench/initial_sync.py [--messages 20000] [--seed 0]
 """
@@ -26,7 +29,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import aioimaplib
 import psutil
 
 REPO = Path(__file__).resolve().parent.parent
@@ -35,31 +37,9 @@ sys.path.insert(0, str(REPO))
 import providers.imap.client  # noqa: E402,F401  (the aioimaplib adjustments the worker runs with)
 from devkit.corpus import generate_corpus  # noqa: E402
 from devkit.dovecot import start_dovecot  # noqa: E402
-from providers.imap.parse import parse_fetch, parse_list, parse_search  # noqa: E402
+from bench.raw_fetch import raw_fetch  # noqa: E402
 
 CHUNK = 100  # SyncTuning().chunk_size: UIDs per UID FETCH in the sync
-
-
-async def raw_fetch(host: str, port: int, user: str, password: str, batch: int = 500) -> tuple[int, int, float]:
-    """The ceiling: one connection, every folder, `UID FETCH` of 500 UIDs at a time, nothing stored."""
-    client = aioimaplib.IMAP4(host=host, port=port, timeout=60)
-    await client.wait_hello_from_server()
-    await client.login(user, password)
-    folders = parse_list((await client.list('""', "*")).lines)
-    count = size = 0
-    start = time.perf_counter()
-    for f in folders:
-        await client.select(f'"{f.name}"')
-        uids = parse_search((await client.uid_search("ALL", charset=None)).lines)
-        for i in range(0, len(uids), batch):
-            chunk = uids[i : i + batch]
-            resp = await client.uid("fetch", f"{chunk[0]}:{chunk[-1]}", "(UID FLAGS INTERNALDATE RFC822.SIZE BODY.PEEK[])")
-            for m in parse_fetch(resp.lines):
-                count += 1
-                size += len(m.raw)
-    elapsed = time.perf_counter() - start
-    await client.logout()
-    return count, size, elapsed
 
 
 class ProcessSampler:
@@ -174,12 +154,20 @@ async def bench(n: int, seed: int, max_attachment: int) -> dict[str, float | int
         print(f"seeded {seeded} messages in {time.perf_counter() - t0:.1f} s", flush=True)
 
         machine = _busy_cores()
-        raw_count, raw_bytes, raw_s = await raw_fetch(dovecot.host, dovecot.port, "bench", "bench")
+        stock = json.loads(subprocess.run(  # aioimaplib as published: a process without mailsync's patches
+            [sys.executable, str(REPO / "bench" / "raw_fetch.py"), dovecot.host, str(dovecot.port), "bench", "bench"],
+            check=True, capture_output=True, text=True,
+        ).stdout)
         raw_busy = machine()
-        print(f"raw aioimaplib UID FETCH, 500 per command: {raw_count} msgs, {raw_bytes / 1e6:.1f} MB in {raw_s:.2f} s "
-              f"= {raw_count / raw_s:,.0f} msgs/s, {raw_bytes / 1e6 / raw_s:.1f} MB/s", flush=True)
+        raw_count, raw_bytes, raw_s = stock["count"], stock["bytes"], stock["seconds"]
+        print(f"raw aioimaplib (as published) UID FETCH, 500 per command: {raw_count} msgs, {raw_bytes / 1e6:.1f} MB "
+              f"in {raw_s:.2f} s = {raw_count / raw_s:,.0f} msgs/s, {raw_bytes / 1e6 / raw_s:.1f} MB/s", flush=True)
+        patched_count, _, patched_s = await raw_fetch(dovecot.host, dovecot.port, "bench", "bench")
+        assert patched_count == raw_count
+        print(f"raw aioimaplib with mailsync's fixes (providers/imap/wire.py), 500 per command: "
+              f"{raw_count / patched_s:,.0f} msgs/s", flush=True)
         _, _, chunk_s = await raw_fetch(dovecot.host, dovecot.port, "bench", "bench", batch=CHUNK)
-        print(f"raw aioimaplib UID FETCH, {CHUNK} per command: {raw_count / chunk_s:,.0f} msgs/s", flush=True)
+        print(f"raw aioimaplib with mailsync's fixes, {CHUNK} per command: {raw_count / chunk_s:,.0f} msgs/s", flush=True)
 
         key = base64.b64encode(os.urandom(32)).decode()
         pool = await create_pool(dsn, size=2)
@@ -231,11 +219,13 @@ async def bench(n: int, seed: int, max_attachment: int) -> dict[str, float | int
               f"{sync_busy:.2f}: other processes and the kernel take the rest)", flush=True)
         sync_rate = p.done / sync_s
         raw_rate = raw_count / raw_s
-        best_raw = max(raw_rate, raw_count / chunk_s)
+        patched_rate = raw_count / patched_s
+        best_raw = max(raw_rate, patched_rate, raw_count / chunk_s)
         return {
             "messages": raw_count, "bytes": raw_bytes, "sync_msgs_per_s": round(sync_rate, 1),
             "raw_fetch_msgs_per_s": round(raw_rate, 1), "ratio": round(sync_rate / raw_rate, 3),
             "worker_peak_rss_mb": round(sampler.peak / 2**20, 1),
+            "raw_fetch_patched_msgs_per_s": round(patched_rate, 1), "ratio_vs_patched": round(sync_rate / patched_rate, 3),
             "raw_fetch_chunk_msgs_per_s": round(raw_count / chunk_s, 1), "ratio_vs_best_raw": round(sync_rate / best_raw, 3),
             "worker_processes": sampler.processes,
             # whole-machine busy cores while the 500-UID raw loop and the sync ran (others' load shows here)

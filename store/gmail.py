@@ -16,23 +16,14 @@ from mail.parse import ParsedMessage, parse_message
 from providers.gmail.models import GmailLabel, GmailMessage
 from store.db import STAGE_COLUMNS
 from store.pages import (
-    _EXISTING_MESSAGES, _MISSING_BODIES, PageWriteResult, _upsert_contacts, account_lock_key, refresh_thread_stats,
+    _EXISTING_MESSAGES, _MISSING_BODIES, INSERT_STAGED_MESSAGES, PageWriteResult, _upsert_contacts, account_lock_key,
+    refresh_thread_stats,
 )
 
 __all__ = [
     "LabelSync", "current_labels", "live_gmail_ids", "mark_deleted", "mirror_size", "persist_gmail_messages",
     "replace_label_members", "set_message_labels", "stored_gmail_ids", "thread_unthreaded", "upsert_labels",
 ]
-
-_INSERT_MESSAGES = """
-INSERT INTO messages (account_id, sha256, header_sha256, size, message_id, in_reply_to, refs, subject,
-    from_addr, from_name, to_addrs, cc_addrs, bcc_addrs, sent_at, internaldate, snippet, parse_error)
-SELECT DISTINCT ON (sha256) $1, sha256, header_sha256, size, message_id, in_reply_to, refs, subject,
-    from_addr, from_name, to_addrs, cc_addrs, bcc_addrs, sent_at, internaldate, snippet, parse_error
-FROM page_stage ORDER BY sha256
-ON CONFLICT (account_id, sha256) DO NOTHING
-RETURNING id, sha256
-"""
 
 
 @dataclass
@@ -221,7 +212,7 @@ async def persist_gmail_messages(
             "page_stage", records=[_stage_row(i, m, p) for i, (m, p) in enumerate(zip(fetched, parsed))],
             columns=STAGE_COLUMNS,
         )
-        ids = {bytes(r["sha256"]): r["id"] for r in await conn.fetch(_INSERT_MESSAGES, account_id)}
+        ids = {bytes(r["sha256"]): r["id"] for r in await conn.fetch(INSERT_STAGED_MESSAGES, account_id)}
         new = sorted(ids)
         held = sorted(sha for sha in raws if sha not in ids)
         if held:

@@ -43,15 +43,19 @@ def _stage_row(m: FetchedMessage, p: ParsedMessage) -> tuple:
 # Messages and locations in one round trip. Only rows this statement inserts come back: a message
 # the account already holds (another folder, a retried page, a concurrent writer that committed
 # first) is placed by `_place_existing` in a later statement, whose snapshot sees that commit.
-_INSERT_MESSAGES_AND_LOCATIONS = """
-WITH new AS (
+# The staged page's messages the account does not hold yet ($1: account id); returns (id, sha256)
+# of the rows it inserted. Shared by IMAP pages and Gmail batches (store/gmail.py).
+INSERT_STAGED_MESSAGES = """
     INSERT INTO messages (account_id, sha256, header_sha256, size, message_id, in_reply_to, refs, subject,
         from_addr, from_name, to_addrs, cc_addrs, bcc_addrs, sent_at, internaldate, snippet, parse_error)
     SELECT DISTINCT ON (sha256) $1, sha256, header_sha256, size, message_id, in_reply_to, refs, subject,
         from_addr, from_name, to_addrs, cc_addrs, bcc_addrs, sent_at, internaldate, snippet, parse_error
     FROM page_stage ORDER BY sha256
     ON CONFLICT (account_id, sha256) DO NOTHING
-    RETURNING id, sha256
+    RETURNING id, sha256"""
+
+_INSERT_MESSAGES_AND_LOCATIONS = f"""
+WITH new AS ({INSERT_STAGED_MESSAGES}
 ), placed AS (
     INSERT INTO message_locations (account_id, folder_id, uidvalidity, uid, message_pk, flags, internaldate)
     SELECT $1, $2, $3, s.uid, n.id, s.flags, s.internaldate

@@ -10,6 +10,7 @@ checkpoint. Auth failures park the account in `auth_failed` until `credentials_u
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from datetime import date, timedelta
 
 from temporalio import workflow
@@ -178,17 +179,28 @@ class AccountSyncWorkflow:
             self._progress.address = described.address
         if st.provider == "gmail":
             return await GmailFlow(self, inp).run()
-        while not st.initial_done:
+        return await self.lifecycle(inp, lambda: self._initial(inp), lambda: self._live(inp))
+
+    async def lifecycle(
+        self, inp: AccountSyncInput, initial: Callable[[], Awaitable[None]], live: Callable[[], Awaitable[None]],
+        on_auth_failed: Callable[[], None] | None = None,
+    ) -> AccountSyncResult:
+        """Initial sync until it succeeds (an auth failure waits for new credentials, or ends a one-shot
+        sync), then the live loop, which only ever continues-as-new. Same for every provider."""
+        assert self._progress is not None
+        while not self._st.initial_done:
             try:
-                await self._initial(inp)
+                await initial()
             except _AuthFailed:
+                if on_auth_failed is not None:
+                    on_auth_failed()
                 if not inp.live:
                     return await self._fail_auth(inp)
                 await self._wait_for_credentials(inp)
         if not inp.live:
             self._publish(AccountPhase.completed)
             return AccountSyncResult(account_id=inp.account_id, phase=self._progress.phase, progress=self.progress())
-        await self._live(inp)
+        await live()
         raise AssertionError("unreachable: the live loop continues-as-new")
 
     async def _initial(self, inp: AccountSyncInput) -> None:

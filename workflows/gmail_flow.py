@@ -68,22 +68,13 @@ class GmailFlow:
     # ---- the run ----------------------------------------------------------------------------------
 
     async def run(self) -> AccountSyncResult:
-        wf, st, inp = self.wf, self.st, self.inp
-        assert wf._progress is not None
         self._show()
-        while not st.initial_done:
-            try:
-                await self._initial()
-            except AccountAuthFailed:
-                self.g.list_token = None  # batches of the interrupted page may be lost: list again (cheap)
-                if not inp.live:
-                    return await wf._fail_auth(inp)
-                await wf._wait_for_credentials(inp)
-        if not inp.live:
-            wf._publish(AccountPhase.completed)
-            return AccountSyncResult(account_id=inp.account_id, phase=wf._progress.phase, progress=wf.progress())
-        await self._live()
-        raise AssertionError("unreachable: the live loop continues-as-new")
+        return await self.wf.lifecycle(self.inp, self._initial, self._live, on_auth_failed=self._relist)
+
+    def _relist(self) -> None:
+        """After an auth failure mid-listing: batches of the interrupted page may be lost, so the listing
+        starts over (cheap: stored messages are skipped, not downloaded)."""
+        self.g.list_token = None
 
     def _show(self) -> FolderProgress:
         """The progress rows of a Gmail account: "All Mail" (labels are not folders: a message has

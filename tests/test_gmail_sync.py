@@ -202,11 +202,20 @@ async def test_history_changes_are_applied_and_expired_history_resyncs_without_d
     assert resync.expunged == 1
     assert fake.stats(user).calls.get("messages.get", 0) == len(more)
     await assert_mirror(pool, fake, account)
+    # the progress row counts the mirror, not what the resync downloaded
+    row = (await handle.query(AccountSyncWorkflow.progress)).folders[0]
+    stored_bytes = await pool.fetchval(
+        """SELECT sum(m.size) FROM gmail_messages g JOIN messages m ON m.id = g.message_pk
+           WHERE g.account_id = $1 AND g.deleted_at IS NULL""", account.id)
+    assert row.total == row.done == len(fake.message_ids(user)), row
+    assert row.bytes >= 0.9 * stored_bytes, (row.bytes, stored_bytes)
     # and history works again from the resync's starting point
     fake.modify_labels(user, ids[70], add=["STARRED"])
     after = await sync_now(handle)
     assert after.kind == "incremental" and after.updated == 1
     await assert_mirror(pool, fake, account)
+    row = (await handle.query(AccountSyncWorkflow.progress)).folders[0]
+    assert row.total == row.done == len(fake.message_ids(user)) and row.bytes == stored_bytes, row
     await handle.terminate()
 
 

@@ -425,9 +425,12 @@ async def _if_running(settings: Settings, account_id: str, action: Callable[[Any
 
 
 def _progress_line(p: Any) -> str:
-    eta = f", ETA {timedelta(seconds=int(p.eta_seconds))}" if p.eta_seconds else ""
-    return (f"{p.phase.value}: {p.done}/{p.total} messages ({p.percent:.1f}%), {p.bytes / 1e6:.1f} MB, "
-            f"{p.messages_per_second:.0f} msg/s{eta}")
+    head = f"{p.phase.value}: {p.done}/{p.total} messages ({p.percent:.1f}%), {p.bytes / 1e6:.1f} MB"
+    if p.phase.value in ("starting", "discovering", "initial"):
+        eta = f", ETA {timedelta(seconds=int(p.eta_seconds))}" if p.eta_seconds else ""
+        return f"{head}, {p.messages_per_second:.0f} msg/s{eta}"
+    # past the initial sync the rate is history, not a current speed
+    return f"{head} (initial sync ran at {p.messages_per_second:.0f} msg/s)" if p.messages_per_second else head
 
 
 async def _follow(handle: Any) -> None:
@@ -492,7 +495,7 @@ def sync_start(
         from temporalio.client import WorkflowFailureError, WorkflowUpdateFailedError
         from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 
-        from runtime.temporal import connect
+        from runtime.temporal import connect, update_following_runs
         from workflows.account_sync import AccountSyncWorkflow, account_workflow_id
         from workflows.models import AccountSyncInput
         from workflows.policies import failure_message
@@ -532,7 +535,7 @@ def sync_start(
             if once:
                 progress = (await handle.result()).progress
             else:
-                progress = await handle.execute_update(AccountSyncWorkflow.wait_initial)
+                progress = await update_following_runs(handle, AccountSyncWorkflow.wait_initial)
         except (WorkflowFailureError, WorkflowUpdateFailedError) as exc:
             err.print(f"[red]sync failed:[/red] {failure_message(exc)}", highlight=False)
             return 1
@@ -629,6 +632,7 @@ def sync_now(
     async def body() -> int:
         from temporalio.client import WorkflowUpdateFailedError
 
+        from runtime.temporal import update_following_runs
         from workflows.account_sync import AccountSyncWorkflow
         from workflows.policies import failure_message
 
@@ -636,7 +640,7 @@ def sync_now(
         account_id = await _account_id(settings, account)
         handle = await _running_handle(settings, account_id)
         try:
-            result = await handle.execute_update(AccountSyncWorkflow.sync_now)
+            result = await update_following_runs(handle, AccountSyncWorkflow.sync_now)
         except WorkflowUpdateFailedError as exc:
             raise CliError(f"sync now refused: {failure_message(exc)}") from exc
         if as_json:

@@ -217,7 +217,10 @@ class GmailActivities:
                 gone = sorted(deleted) + await self._fetch_and_persist(gmail, inp.account_id, to_fetch, fetched)
                 result.added, result.bytes = fetched.fetched, fetched.bytes
             async with self.deps.pool.acquire() as conn:
-                relabel = {m: labels_now[m] for m in labels_now if m not in deleted and labels_now[m] != stored[m]}
+                # a label deleted in Gmail within the window may still be "added" by an earlier record
+                existing = {label.id for label in labels}
+                relabel = {m: labels_now[m] & existing for m in labels_now
+                           if m not in deleted and labels_now[m] & existing != stored[m]}
                 async with conn.transaction():
                     await set_message_labels(conn, inp.account_id, relabel)
                 result.relabeled = len(relabel)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import json
 from pathlib import Path
 
@@ -52,3 +54,26 @@ async def connect(settings: Settings) -> Client:
         )
     except RuntimeError as exc:
         raise TemporalUnavailable(f"cannot reach Temporal at {address}: {exc}") from exc
+
+
+async def update_following_runs(handle: Any, update: Any, *, attempts: int = 10) -> Any:
+    """Execute an update on the account's workflow, following it across continue-as-new.
+
+    An update accepted by a run that then continues-as-new (a long Gmail listing does) fails with
+    `AcceptedUpdateCompletedWorkflow`; the handle carries no run id, so sending it again reaches the
+    new run, which carries the state the update waits on.
+    """
+    from temporalio.client import WorkflowUpdateFailedError
+
+    for attempt in range(attempts):
+        try:
+            return await handle.execute_update(update)
+        except WorkflowUpdateFailedError as exc:
+            cause: BaseException | None = exc.cause
+            kinds = []
+            while cause is not None:
+                kinds.append(f"{getattr(cause, 'type', '')} {cause}")
+                cause = getattr(cause, "cause", None)
+            if attempt + 1 == attempts or not any("AcceptedUpdateCompletedWorkflow" in k for k in kinds):
+                raise
+    raise AssertionError("unreachable")

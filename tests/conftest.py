@@ -41,6 +41,7 @@ from ops.verify import VerifyReport, verify_account
 from providers.imap.client import ImapSession
 from providers.imap.settings import ImapSettings
 from runtime.dev import temporal_binary
+from runtime.temporal import update_following_runs
 from store.accounts import create_account
 from store.crypto import CredentialBox
 from store.db import create_pool
@@ -285,7 +286,7 @@ async def start_live(
     )
     # no run id: updates and queries follow the workflow across continue-as-new
     handle = client.get_workflow_handle(account_workflow_id(account_id))
-    await asyncio.wait_for(handle.execute_update(AccountSyncWorkflow.wait_initial), timeout)
+    await asyncio.wait_for(update_following_runs(handle, AccountSyncWorkflow.wait_initial), timeout)
     if settle:
         async def settled() -> bool:
             p = await handle.query(AccountSyncWorkflow.progress)

@@ -16,12 +16,13 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 import asyncpg
 import httpx
 import pytest
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHandle
 
 from config import Settings
@@ -29,13 +30,17 @@ from devkit.corpus import generate_corpus
 from devkit.gmail_fake import GmailFake
 from devkit.gmail_fake.seed import seed_messages
 from gateway.server import BackgroundServer
-from providers.gmail import GmailCredentials
+from providers.gmail import AccessDenied, GmailCredentials, GmailSession
 from store.accounts import create_account
 from store.crypto import CredentialBox
 from conftest import TEST_TUNING, run_cli, run_sync, start_live as live_workflow, sync_while_killing_workers, until
+from runtime.temporal import update_following_runs
 from test_gateway import TOKEN, gateway_settings, signed
 from workflows.account_sync import AccountSyncWorkflow, account_workflow_id
-from workflows.models import AccountPhase, AccountProgress, AccountSyncInput, PassResult, SyncTuning
+from workflows import gmail_flow
+from workflows.models import (
+    AccountPhase, AccountProgress, AccountSyncInput, MailboxChanged, PassResult, SyncTuning,
+)
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -351,7 +356,7 @@ async def test_since_window_first_then_older_mail_in_the_background(
         id=account_workflow_id(account.id), task_queue="mailsync-test",
     )
     handle = client.get_workflow_handle(account_workflow_id(account.id))
-    usable = await asyncio.wait_for(handle.execute_update(AccountSyncWorkflow.wait_initial), 120)
+    usable = await asyncio.wait_for(update_following_runs(handle, AccountSyncWorkflow.wait_initial), 120)
     assert usable.phase == AccountPhase.backfill
     stored = {r["gmail_id"] for r in await pool.fetch(
         "SELECT gmail_id FROM gmail_messages WHERE account_id = $1", account.id)}
@@ -412,3 +417,114 @@ async def test_grant_expired_webhook_parks_a_running_gmail_account(
 
     assert await until(idle)
     await handle.terminate()
+
+
+# ---- regressions found in review: continue-as-new, auth and lost children mid-listing ----------------
+
+
+async def test_one_shot_then_live_applies_what_changed_in_between(
+    fake: GmailFake, pool: asyncpg.Pool, box: CredentialBox, client: Client
+) -> None:
+    account = await add_gmail_account(fake, pool, box, 60, seed=71)
+    await run_sync(client, account.id, tuning=FAST, timeout=120)
+    ids = fake.message_ids(account.user)
+    fake.delete_message(account.user, ids[5])
+    fake.modify_labels(account.user, ids[6], add=["STARRED"])
+    handle = await start_live(client, account.id)  # a fresh run over an existing mirror reconciles it
+    try:
+        await assert_mirror(pool, fake, account)
+    finally:
+        await handle.terminate()
+
+
+async def test_a_refused_watch_is_a_watch_error_not_a_stuck_workflow(
+    fake: GmailFake, pool: asyncpg.Pool, box: CredentialBox, client: Client, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Gmail answers users.watch 403 when the Pub/Sub topic does not let gmail-api-push publish
+    async def denied(self, topic, label_ids=None, *, label_filter_behavior="include"):  # type: ignore[no-untyped-def]
+        raise AccessDenied("watch: HTTP 403 (Error sending test message to Cloud PubSub: User not authorized)")
+
+    monkeypatch.setattr(GmailSession, "watch", denied)
+    account = await add_gmail_account(fake, pool, box, 20, seed=74)
+    tuning = FAST.model_copy(update={"gmail_watch_topic": "projects/p/topics/gmail"})
+    handle = await start_live(client, account.id, tuning)
+    p = await handle.query(AccountSyncWorkflow.progress)
+    assert p.phase == AccountPhase.idle and "watch" in (p.last_error or ""), p
+    failed = [e async for e in handle.fetch_history_events()
+              if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED]
+    assert not failed
+    seed_messages(fake, account.user, generate_corpus(1, seed=94))
+    assert (await sync_now(handle)).new == 1  # still syncing
+    await handle.terminate()
+
+
+async def test_continue_as_new_mid_listing_keeps_wait_initial_and_lost_batches(
+    fake: GmailFake, pool: asyncpg.Pool, box: CredentialBox, client: Client, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(gmail_flow, "_LISTING_HISTORY_LIMIT", 60)  # continue-as-new every few pages
+    monkeypatch.setattr(gmail_flow, "PAUSE_AFTER_EXHAUSTED", timedelta(seconds=1))
+    account = await add_gmail_account(fake, pool, box, 1600, seed=76)
+    tuning = FAST.model_copy(update={"gmail_thread_batch": 100, "gmail_children": 2, "gmail_quota": 800})
+    await client.start_workflow(
+        AccountSyncWorkflow.run, AccountSyncInput(account_id=account.id, tuning=tuning),
+        id=account_workflow_id(account.id), task_queue="mailsync-test",
+    )
+    handle = client.get_workflow_handle(account_workflow_id(account.id))
+    waiting = asyncio.create_task(update_following_runs(handle, AccountSyncWorkflow.wait_initial))
+    killed = None
+    for _ in range(400):  # terminate one running child: its batch is lost and must be listed again
+        async for wf in client.list_workflows(
+            f"WorkflowId STARTS_WITH 'account-sync/{account.id}/threads/' AND ExecutionStatus = 'Running'"
+        ):
+            killed = wf.id
+            break
+        if killed:
+            break
+        await asyncio.sleep(0.05)
+    assert killed
+    await client.get_workflow_handle(killed).terminate()
+    usable = await asyncio.wait_for(waiting, 180)  # answered although the run continued-as-new meanwhile
+    assert usable.runs > 1
+    try:
+        await assert_mirror(pool, fake, account)
+    finally:
+        await handle.terminate()
+
+
+async def test_grant_revoked_mid_resync_loses_nothing(
+    pool: asyncpg.Pool, box: CredentialBox, client: Client
+) -> None:
+    with GmailFake.start(quota_limit=400) as slow:
+        account = await add_gmail_account(slow, pool, box, 50, seed=72)
+        tuning = FAST.model_copy(update={"gmail_quota": 400, "gmail_children": 2, "gmail_thread_batch": 200})
+        handle = await start_live(client, account.id, tuning)
+        seed_messages(slow, account.user, generate_corpus(1200, seed=73))
+        slow.expire_history(account.user)
+        await handle.signal(AccountSyncWorkflow.mailbox_changed, MailboxChanged(source="test"))
+
+        async def deep() -> bool:
+            p = await handle.query(AccountSyncWorkflow.progress)
+            return p.phase == AccountPhase.initial and p.done > 100
+
+        assert await until(deep, timeout=120)
+        slow.revoke(account.user)
+
+        async def parked() -> bool:
+            return (await handle.query(AccountSyncWorkflow.progress)).phase == AccountPhase.auth_expired
+
+        assert await until(parked, timeout=60)
+        token = slow.set_refresh_token(account.user)
+        creds = GmailCredentials.oauth("mailsync-test-client", "test-secret", token, token_uri=slow.token_uri)
+        await pool.execute("UPDATE accounts SET credentials = $2 WHERE id = $1", account.id,
+                           box.seal(creds.model_dump_json().encode(), account.id))
+        await handle.signal(AccountSyncWorkflow.credentials_updated)
+
+        async def idle() -> bool:
+            p = await handle.query(AccountSyncWorkflow.progress)
+            return p.phase == AccountPhase.idle and all(f.phase.value == "done" for f in p.folders)
+
+        assert await until(idle, timeout=180)
+        try:
+            await assert_mirror(pool, slow, account)
+        finally:
+            await handle.terminate()

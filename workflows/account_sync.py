@@ -148,7 +148,9 @@ class AccountSyncWorkflow:
         if not self._st.initial_done:
             raise ValueError("the initial sync is still running")
 
-    @workflow.update
+    # a long initial sync may continue-as-new under it: clients send it again to the new run
+    # (runtime.temporal.update_following_runs), so the unfinished handler is abandoned on purpose
+    @workflow.update(unfinished_policy=workflow.HandlerUnfinishedPolicy.ABANDON)
     async def wait_initial(self) -> AccountProgress:
         """Returns once the initial sync is complete (or the account's credentials were refused)."""
         await workflow.wait_condition(lambda: self._st.initial_done or self._auth_error is not None)
@@ -200,8 +202,11 @@ class AccountSyncWorkflow:
         if not inp.live:
             self._publish(AccountPhase.completed)
             return AccountSyncResult(account_id=inp.account_id, phase=self._progress.phase, progress=self.progress())
-        await live()
-        raise AssertionError("unreachable: the live loop continues-as-new")
+        while True:  # the live loop only ever continues-as-new; an auth failure escaping it waits here
+            try:
+                await live()
+            except _AuthFailed:
+                await self._wait_for_credentials(inp)
 
     async def _initial(self, inp: AccountSyncInput) -> None:
         assert self._progress is not None

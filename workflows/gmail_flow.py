@@ -28,7 +28,7 @@ with workflow.unsafe.imports_passed_through():
         GmailWatchResult, HistoryInput, PassResult, ThreadBatch, ThreadSyncInput,
     )
     from workflows.policies import (
-        AUTH_TYPES, PAUSE_AFTER_EXHAUSTED, SHORT_TIMEOUT, AccountAuthFailed, failure_message, failure_type,
+        AUTH_TYPES, PASS_RETRY, PAUSE_AFTER_EXHAUSTED, SHORT_TIMEOUT, AccountAuthFailed, failure_message, failure_type,
     )
     from workflows.thread_sync import ThreadSyncWorkflow
 
@@ -49,7 +49,6 @@ class GmailFlow:
         self.inp = inp
         self.st = wf._st
         self.g = wf._st.gmail
-        self._lost = 0  # thread batches whose child ended without mirroring them, this listing
 
     # ---- shares of the account's quota -------------------------------------------------------------
 
@@ -144,8 +143,11 @@ class GmailFlow:
         assert wf._progress is not None
         wf._progress.phase = AccountPhase.discovering
         start = await self._start()
-        self._begin_listing(start, resync=False)
+        # a fresh run over a mirror that exists (a --once sync before, a terminated workflow) must also
+        # catch what was deleted or relabelled meanwhile: that is a resync's reconcile
+        self._begin_listing(start, resync=start.stored > 0)
         wf._publish(AccountPhase.initial)
+        await self._reconcile_if_needed()
         query = None
         if inp.since is not None:  # Gmail's after:/before: take epoch seconds
             cut = int(datetime.combine(inp.since, time(), timezone.utc).timestamp())
@@ -166,14 +168,16 @@ class GmailFlow:
         """messages.list page by page (newest first); each page's threads go to children, at most
         `gmail_children` in flight. The page token advances in workflow state, so a continued run or a
         retry goes on from the next page."""
+        g = self.g
         while True:
-            self._lost = 0
             await self._list_pages(query)
-            if not self._lost:
+            if not g.lost_batches:
                 return
-            # a child ended without its batch (terminated, timed out): list again; stored ids are skipped
+            # a child ended without its batch (terminated, timed out): list again; stored ids are skipped.
+            # The count is workflow state: a continue-as-new between the loss and here keeps it.
+            g.lost_batches = 0
             await workflow.sleep(PAUSE_AFTER_EXHAUSTED)
-            self.g.list_token = None
+            g.list_token = None
 
     async def _list_page(self, token: str | None, query: str | None) -> GmailListResult:
         return await self.wf._activity(
@@ -225,6 +229,8 @@ class GmailFlow:
             if running:
                 await asyncio.gather(*running, return_exceptions=True)
         if wf._auth_error is not None:
+            # the token is already past pages whose batches failed with it: list again from the top
+            g.list_token = None
             raise AccountAuthFailed()
 
     async def _child(self, batch: ThreadBatch, n: int) -> None:
@@ -243,7 +249,7 @@ class GmailFlow:
             if failure_type(err) in AUTH_TYPES:
                 wf._auth_error = failure_message(err)
                 return
-            self._lost += 1
+            g.lost_batches += 1
             assert wf._progress is not None
             wf._progress.last_error = f"thread batch {n}: {failure_message(err)}"
             return
@@ -305,7 +311,7 @@ class GmailFlow:
         """Older mail of a `--since` sync, one listing page at a time between passes: a change waits
         at most one page (500 messages) before its pass runs."""
         g = self.g
-        self._lost = 0
+        lost_before = g.lost_batches
         running: list[asyncio.Future[None]] = []
         page = await self._list_page(g.backfill_token, g.backfill_query)
         try:
@@ -314,7 +320,8 @@ class GmailFlow:
             await asyncio.gather(*running, return_exceptions=True)
         if self.wf._auth_error is not None:
             raise AccountAuthFailed()
-        if self._lost or not complete:  # the same page again next time; stored ids are skipped
+        if g.lost_batches > lost_before or not complete:  # the same page again; stored ids are skipped
+            g.lost_batches = lost_before
             return
         g.backfill_token = page.next_page_token
         if not g.backfill_token:
@@ -371,15 +378,7 @@ class GmailFlow:
         start = await self._start()
         self._begin_listing(start, resync=True)
         self._show()
-        reconciled: GmailReconcileResult | None = None
-        if g.resync:
-            reconciled = await wf._activity(
-                GmailActivities.gmail_reconcile,
-                GmailReconcileInput(account_id=inp.account_id, units_per_second=self._solo_share()),
-                timedelta(seconds=inp.tuning.page_timeout_seconds),
-                heartbeat=timedelta(seconds=inp.tuning.heartbeat_seconds),
-            )
-            g.resync = False
+        reconciled = await self._reconcile_if_needed()
         await self._list_all(None)
         changes = FolderChanges(
             folder=ALL_MAIL, new=g.fetched, rebuilt=True, reused=g.synced - g.fetched, downloaded_bytes=g.bytes,
@@ -389,6 +388,20 @@ class GmailFlow:
         self._end_listing()
         result.folders.append(changes)
         await self._record(result)
+
+    async def _reconcile_if_needed(self) -> GmailReconcileResult | None:
+        """Deletions and label membership of stored messages, before a listing that skips them."""
+        g, inp = self.g, self.inp
+        if not g.resync:
+            return None
+        reconciled: GmailReconcileResult = await self.wf._activity(
+            GmailActivities.gmail_reconcile,
+            GmailReconcileInput(account_id=inp.account_id, units_per_second=self._solo_share()),
+            timedelta(seconds=inp.tuning.page_timeout_seconds),
+            heartbeat=timedelta(seconds=inp.tuning.heartbeat_seconds),
+        )
+        g.resync = False
+        return reconciled
 
     async def _record(self, result: PassResult) -> None:
         result.finished_at = workflow.now()
@@ -404,10 +417,13 @@ class GmailFlow:
         if not topic or (g.watch_renew_at is not None and workflow.now() < g.watch_renew_at):
             return
         try:
-            w: GmailWatchResult = await self.wf._activity(
+            # not through wf._activity: a refused watch (e.g. a topic Gmail may not publish to: 403) is a
+            # watch error, retried in an hour, not a reason to park the account; a revoked grant shows
+            # in the next pass anyway
+            w: GmailWatchResult = await workflow.execute_activity_method(
                 GmailActivities.gmail_watch,
                 GmailWatchInput(account_id=self.inp.account_id, topic=topic, units_per_second=self._solo_share()),
-                SHORT_TIMEOUT, retry_forever=False,
+                start_to_close_timeout=SHORT_TIMEOUT, retry_policy=PASS_RETRY,
             )
         except ActivityError as err:
             assert self.wf._progress is not None

@@ -227,6 +227,7 @@ class GmailCursor(BaseModel):
     listing: bool = False                # a full listing (initial or resync) is under way
     resync: bool = False                 # that listing is a resync: reconcile deletions and labels first
     batches: int = 0                     # ThreadSyncWorkflow children started, ever (unique child ids)
+    lost_batches: int = 0                # children of this listing that ended without their batch: relist
     messages_total: int = 0
     synced: int = 0                      # messages the current listing has persisted or found stored
     fetched: int = 0                     # of those, downloaded (the rest were stored already)

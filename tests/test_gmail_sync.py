@@ -523,7 +523,7 @@ async def test_grant_revoked_mid_resync_loses_nothing(
             p = await handle.query(AccountSyncWorkflow.progress)
             return p.phase == AccountPhase.idle and all(f.phase.value == "done" for f in p.folders)
 
-        assert await until(idle, timeout=180)
+        assert await until(idle, timeout=240), await handle.query(AccountSyncWorkflow.progress)
         try:
             await assert_mirror(pool, slow, account)
         finally:

@@ -538,12 +538,14 @@ class AccountSyncWorkflow:
 
     async def _wait_for_credentials(self, inp: AccountSyncInput) -> None:
         assert self._progress is not None
+        # reset before anything awaits: new credentials signalled while the status is being written
+        # (as soon as the phase shows) must not be lost
+        self._credentials_updated = False
         await self._stop_watch()
         phase = self._auth_phase()
         self._publish(phase)
         reason = self._auth_error or "authentication failed"
         await self._set_status(inp.account_id, phase.value, reason)
-        self._credentials_updated = False
         await workflow.wait_condition(lambda: self._credentials_updated)
         self._auth_error = None
         self._progress.last_error = None

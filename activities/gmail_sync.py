@@ -75,9 +75,6 @@ class GmailActivities:
     def __init__(self, deps: Deps) -> None:
         self.deps = deps
 
-    async def _session(self, account_id: str, units_per_second: float) -> GmailSession:
-        return await self.deps.gmail_session(account_id, units_per_second)
-
     @activity.defn
     async def describe_account(self, inp: DiscoverInput) -> DescribeAccountResult:
         async with classified_errors():
@@ -89,7 +86,7 @@ class GmailActivities:
     async def gmail_start(self, inp: GmailStartInput) -> GmailStartResult:
         """The profile (historyId to resume from) and the labels, upserted (removed ones deleted)."""
         async with classified_errors():
-            async with await self._session(inp.account_id, inp.units_per_second) as gmail:
+            async with await self.deps.gmail_session(inp.account_id, inp.units_per_second) as gmail:
                 # the historyId first: whatever changes while we list is replayed from it afterwards
                 profile = await gmail.profile()
                 labels = await gmail.labels()
@@ -105,7 +102,7 @@ class GmailActivities:
     async def gmail_list_page(self, inp: GmailListInput) -> GmailListResult:
         """One messages.list page (ids and thread ids, newest first), as batches of threads."""
         async with classified_errors():
-            async with await self._session(inp.account_id, inp.units_per_second) as gmail:
+            async with await self.deps.gmail_session(inp.account_id, inp.units_per_second) as gmail:
                 pairs, token = await gmail.list_messages(inp.page_token, q=inp.query, page_size=inp.page_size)
             return GmailListResult(
                 batches=_thread_batches(pairs, inp.thread_batch), next_page_token=token, listed=len(pairs)
@@ -126,7 +123,7 @@ class GmailActivities:
                     await thread_unthreaded(conn, inp.account_id, sorted(stored))
             result.reused = len(stored)
             wanted = [m for m in inp.message_ids if m not in stored]
-            async with await self._session(inp.account_id, inp.units_per_second) as gmail:
+            async with await self.deps.gmail_session(inp.account_id, inp.units_per_second) as gmail:
                 missing = await self._fetch_and_persist(gmail, inp.account_id, wanted, result)
             result.missing = len(missing)
             return result
@@ -179,7 +176,7 @@ class GmailActivities:
         records: list[HistoryChange] = []
         result = GmailHistoryResult(history_id=inp.start_history_id)
         async with classified_errors(), _heartbeating(lambda: len(records)):
-            async with await self._session(inp.account_id, inp.units_per_second) as gmail:
+            async with await self.deps.gmail_session(inp.account_id, inp.units_per_second) as gmail:
                 token: str | None = None
                 latest = inp.start_history_id
                 while True:
@@ -192,12 +189,11 @@ class GmailActivities:
                 result.records = len(records)
                 # labels may have been created, renamed or deleted: history does not say
                 labels = await gmail.labels()
-                async with self.deps.pool.acquire() as conn:
-                    synced = await upsert_labels(conn, inp.account_id, labels)
-                result.labels_removed, result.labels_added = synced.removed, synced.added
                 touched = list(dict.fromkeys(r.message_id for r in records))
                 async with self.deps.pool.acquire() as conn:
+                    synced = await upsert_labels(conn, inp.account_id, labels)
                     stored = await current_labels(conn, inp.account_id, touched)
+                result.labels_removed, result.labels_added = synced.removed, synced.added
                 deleted: set[str] = set()
                 labels_now = {k: set(v) for k, v in stored.items()}
                 for change in sorted(records, key=lambda r: r.history_id):  # stable: a record's own order kept
@@ -219,13 +215,12 @@ class GmailActivities:
             async with self.deps.pool.acquire() as conn:
                 # a label deleted in Gmail within the window may still be "added" by an earlier record
                 existing = {label.id for label in labels}
-                relabel = {m: labels_now[m] & existing for m in labels_now
-                           if m not in deleted and labels_now[m] & existing != stored[m]}
+                final = {m: labels_now[m] & existing for m in labels_now if m not in deleted}
+                relabel = {m: now for m, now in final.items() if now != stored[m]}
                 async with conn.transaction():
                     await set_message_labels(conn, inp.account_id, relabel)
                 result.relabeled = len(relabel)
-                result.deleted = await mark_deleted(conn, inp.account_id, gone)
-                result.stored, result.stored_bytes = await mirror_size(conn, inp.account_id)
+                result.deleted, result.deleted_bytes = await mark_deleted(conn, inp.account_id, gone)
             result.history_id = latest
             return result
 
@@ -237,33 +232,27 @@ class GmailActivities:
         listed: set[str] = set()
         changed = 0
         async with classified_errors(), _heartbeating(lambda: len(listed)):
-            async with await self._session(inp.account_id, inp.units_per_second) as gmail:
-                token: str | None = None
-                while True:
-                    pairs, token = await gmail.list_messages(token)
-                    listed.update(m for m, _ in pairs)
-                    if not token:
-                        break
+            async with await self.deps.gmail_session(inp.account_id, inp.units_per_second) as gmail:
+                listed.update(await gmail.list_all_messages())
                 async with self.deps.pool.acquire() as conn:
                     gone = await live_gmail_ids(conn, inp.account_id) - listed
-                    deleted = await mark_deleted(conn, inp.account_id, gone)
+                    deleted, _ = await mark_deleted(conn, inp.account_id, gone)
                 for label in await gmail.labels(with_counts=False):
-                    members: set[str] = set()
-                    token = None
-                    while True:
-                        pairs, token = await gmail.list_messages(token, label_ids=[label.id])
-                        members.update(m for m, _ in pairs)
-                        if not token:
-                            break
+                    members = set(await gmail.list_all_messages(label_ids=[label.id]))
                     async with self.deps.pool.acquire() as conn:
                         changed += await replace_label_members(conn, inp.account_id, label.id, members)
-            return GmailReconcileResult(listed=len(listed), deleted=deleted, label_rows_changed=changed)
+            async with self.deps.pool.acquire() as conn:
+                stored, stored_bytes = await mirror_size(conn, inp.account_id)
+            return GmailReconcileResult(
+                listed=len(listed), deleted=deleted, label_rows_changed=changed, stored=stored,
+                stored_bytes=stored_bytes,
+            )
 
     @activity.defn
     async def gmail_watch(self, inp: GmailWatchInput) -> GmailWatchResult:
         """users.watch on the Pub/Sub topic (start or renew: Gmail wants it renewed at least weekly)."""
         async with classified_errors():
-            async with await self._session(inp.account_id, inp.units_per_second) as gmail:
+            async with await self.deps.gmail_session(inp.account_id, inp.units_per_second) as gmail:
                 watch = await gmail.watch(inp.topic)
             expiration = watch.expiration
             if expiration.tzinfo is None:

@@ -67,17 +67,6 @@ class GmailVerifyReport:
         return data
 
 
-async def _list_ids(gmail: GmailSession, label_ids: Sequence[str] | None = None) -> dict[str, str]:
-    """Every message id (→ thread id) the server lists, spam and trash included, all pages."""
-    found: dict[str, str] = {}
-    token: str | None = None
-    while True:
-        pairs, token = await gmail.list_messages(token, include_spam_trash=True, label_ids=label_ids)
-        found.update(pairs)
-        if not token:
-            return found
-
-
 async def _server_hashes(gmail: GmailSession, ids: Sequence[str]) -> tuple[dict[str, bytes], list[str]]:
     """sha256 of the raw bytes of each message (batched fetch); and the ids gone since they were listed."""
     hashes: dict[str, bytes] = {}
@@ -93,7 +82,7 @@ async def _server_hashes(gmail: GmailSession, ids: Sequence[str]) -> tuple[dict[
 async def verify_gmail_account(conn: asyncpg.Connection, gmail: GmailSession, account_id: str) -> GmailVerifyReport:
     report = GmailVerifyReport()
 
-    server_threads = await _list_ids(gmail)
+    server_threads = await gmail.list_all_messages()
     server_hashes, gone = await _server_hashes(gmail, list(server_threads))
     for message_id in gone:  # deleted between the listing and the fetch: no longer on the server
         server_threads.pop(message_id, None)
@@ -135,7 +124,7 @@ async def verify_gmail_account(conn: asyncpg.Connection, gmail: GmailSession, ac
         for r in await conn.fetch("SELECT label_id, name FROM gmail_labels WHERE account_id = $1", account_id)
     }
     for label in await gmail.labels(with_counts=False):
-        on_server = (await _list_ids(gmail, [label.id])).keys()
+        on_server = (await gmail.list_all_messages(label_ids=[label.id])).keys()
         in_db = stored.pop(label.id, set())
         report.labels.append(LabelDiff(
             label_id=label.id, name=label.name, server=len(on_server), database=len(in_db),

@@ -160,16 +160,19 @@ async def replace_label_members(conn: asyncpg.Connection, account_id: str, label
     return len(removed) + len(added)
 
 
-async def mark_deleted(conn: asyncpg.Connection, account_id: str, ids: Iterable[str]) -> int:
-    """Messages deleted in Gmail: kept with deleted_at, labels dropped; returns how many were live."""
+async def mark_deleted(conn: asyncpg.Connection, account_id: str, ids: Iterable[str]) -> tuple[int, int]:
+    """Messages deleted in Gmail: kept with deleted_at, labels dropped. Returns how many were live and
+    their bytes (what leaves the mirror's size, see `mirror_size`)."""
     wanted = sorted(set(ids))
     if not wanted:
-        return 0
+        return 0, 0
     async with conn.transaction():
         rows = await conn.fetch(
-            """UPDATE gmail_messages SET deleted_at = now(), updated_at = now()
-               WHERE account_id = $1 AND gmail_id = ANY($2::text[]) AND deleted_at IS NULL
-               RETURNING message_pk""",
+            """WITH gone AS (
+                   UPDATE gmail_messages SET deleted_at = now(), updated_at = now()
+                   WHERE account_id = $1 AND gmail_id = ANY($2::text[]) AND deleted_at IS NULL
+                   RETURNING message_pk)
+               SELECT gone.message_pk, m.size FROM gone JOIN messages m ON m.id = gone.message_pk""",
             account_id, wanted,
         )
         await conn.execute(
@@ -182,7 +185,7 @@ async def mark_deleted(conn: asyncpg.Connection, account_id: str, ids: Iterable[
                  AND NOT EXISTS (SELECT 1 FROM gmail_messages g WHERE g.message_pk = m.id AND g.deleted_at IS NULL)""",
             sorted({r["message_pk"] for r in rows}),
         )
-    return len(rows)
+    return len(rows), sum(r["size"] for r in rows)
 
 
 def _stage_row(i: int, m: GmailMessage, p: ParsedMessage) -> tuple:

@@ -36,7 +36,6 @@ with workflow.unsafe.imports_passed_through():
         failure_type,
     )
 
-_AUTH_TYPES = AUTH_TYPES
 BACKFILL_SIGNAL = "backfill_progress"
 _WATCH_ORDER = {"inbox": 0, "sent": 1, "flagged": 2, "archive": 3, "drafts": 4}
 _KEEP_RESULTS = 20
@@ -46,7 +45,6 @@ def account_workflow_id(account_id: str) -> str:
     return f"account-sync/{account_id}"
 
 
-_AuthFailed = AccountAuthFailed
 
 
 @workflow.defn
@@ -185,7 +183,6 @@ class AccountSyncWorkflow:
 
     async def lifecycle(
         self, inp: AccountSyncInput, initial: Callable[[], Awaitable[None]], live: Callable[[], Awaitable[None]],
-        on_auth_failed: Callable[[], None] | None = None,
     ) -> AccountSyncResult:
         """Initial sync until it succeeds (an auth failure waits for new credentials, or ends a one-shot
         sync), then the live loop, which only ever continues-as-new. Same for every provider."""
@@ -193,9 +190,7 @@ class AccountSyncWorkflow:
         while not self._st.initial_done:
             try:
                 await initial()
-            except _AuthFailed:
-                if on_auth_failed is not None:
-                    on_auth_failed()
+            except AccountAuthFailed:
                 if not inp.live:
                     return await self._fail_auth(inp)
                 await self._wait_for_credentials(inp)
@@ -205,7 +200,7 @@ class AccountSyncWorkflow:
         while True:  # the live loop only ever continues-as-new; an auth failure escaping it waits here
             try:
                 await live()
-            except _AuthFailed:
+            except AccountAuthFailed:
                 await self._wait_for_credentials(inp)
 
     async def _initial(self, inp: AccountSyncInput) -> None:
@@ -221,7 +216,7 @@ class AccountSyncWorkflow:
         todo = [c.folder for c in st.cursors.values() if not c.mirrored]
         await self._mirror_folders(inp, todo, since=inp.since)
         if self._auth_error:
-            raise _AuthFailed()
+            raise AccountAuthFailed()
         failed = [f for f in self._folders.values() if f.phase == FolderPhase.failed]
         st.initial_rate = self.progress().messages_per_second
         st.initial_done = True
@@ -262,7 +257,7 @@ class AccountSyncWorkflow:
                 else:
                     self._progress.phase = AccountPhase.syncing
                     await self._incremental_pass(inp)
-            except _AuthFailed:
+            except AccountAuthFailed:
                 continue
             passes_this_run += 1
             await self._launch_backfills(inp)
@@ -354,7 +349,7 @@ class AccountSyncWorkflow:
                         error=r.progress.error if r.progress.phase == FolderPhase.failed else None,
                     ))
             if self._auth_error:
-                raise _AuthFailed()
+                raise AccountAuthFailed()
         finally:
             self._pass_running = False
         result.finished_at = workflow.now()
@@ -504,7 +499,7 @@ class AccountSyncWorkflow:
                 if task.result().changed:
                     self._st.changed = True
             except ActivityError as err:  # the poll interval still covers the account; retried next idle
-                if failure_type(err) in _AUTH_TYPES:
+                if failure_type(err) in AUTH_TYPES:
                     self._auth_error = failure_message(err)
                 elif self._progress is not None:
                     self._progress.last_error = f"watch {name}: {failure_message(err)}"
@@ -560,9 +555,9 @@ class AccountSyncWorkflow:
                 )
             except ActivityError as err:
                 assert self._progress is not None
-                if failure_type(err) in _AUTH_TYPES:
+                if failure_type(err) in AUTH_TYPES:
                     self._auth_error = failure_message(err)
-                    raise _AuthFailed() from err
+                    raise AccountAuthFailed() from err
                 self._progress.last_error = failure_message(err)
                 await workflow.sleep(PAUSE_AFTER_EXHAUSTED)
 
@@ -576,9 +571,9 @@ class AccountSyncWorkflow:
                     retry_policy=ACTIVITY_RETRY if retry_forever else PASS_RETRY,
                 )
             except ActivityError as err:
-                if failure_type(err) in _AUTH_TYPES:
+                if failure_type(err) in AUTH_TYPES:
                     self._auth_error = failure_message(err)
-                    raise _AuthFailed() from err
+                    raise AccountAuthFailed() from err
                 if not retry_forever:
                     raise
                 assert self._progress is not None
@@ -602,7 +597,7 @@ class AccountSyncWorkflow:
                 )
             except ChildWorkflowError as err:
                 message = failure_message(err)
-                if failure_type(err) in _AUTH_TYPES:
+                if failure_type(err) in AUTH_TYPES:
                     self._auth_error = message
                     return None
                 progress = self._folders.get(folder.name) or FolderProgress(name=folder.name)

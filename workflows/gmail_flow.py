@@ -12,7 +12,7 @@ bucket to coordinate. Each share adapts on 429 (halves, honours Retry-After, rec
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, time, timedelta, timezone
+from datetime import date, datetime, time, timedelta, timezone
 from typing import TYPE_CHECKING
 
 from temporalio import workflow
@@ -43,6 +43,11 @@ _LISTING_HISTORY_LIMIT = 20_000
 _LISTING_SHARE = 0.05
 
 
+def _epoch(day: date) -> int:
+    """Midnight UTC of `day` in epoch seconds (Gmail's `after:`/`before:`)."""
+    return int(datetime.combine(day, time(), timezone.utc).timestamp())
+
+
 class GmailFlow:
     def __init__(self, wf: AccountSyncWorkflow, inp: AccountSyncInput) -> None:
         self.wf = wf
@@ -68,12 +73,7 @@ class GmailFlow:
 
     async def run(self) -> AccountSyncResult:
         self._show()
-        return await self.wf.lifecycle(self.inp, self._initial, self._live, on_auth_failed=self._relist)
-
-    def _relist(self) -> None:
-        """After an auth failure mid-listing: batches of the interrupted page may be lost, so the listing
-        starts over (cheap: stored messages are skipped, not downloaded)."""
-        self.g.list_token = None
+        return await self.wf.lifecycle(self.inp, self._initial, self._live)
 
     def _show(self) -> FolderProgress:
         """The progress rows of a Gmail account: "All Mail" (labels are not folders: a message has
@@ -134,7 +134,7 @@ class GmailFlow:
         g.listing = g.resync = False
         g.list_token = None
         g.window_synced, g.window_bytes = g.synced, g.bytes
-        if not g.backfill_query:  # counted exactly by the next pass; meanwhile what the listing saw
+        if not g.backfill_query:  # what the listing saw, and the stored bytes plus what it downloaded
             g.stored, g.stored_bytes = g.synced, g.stored_bytes + g.bytes
         self._show()
 
@@ -150,12 +150,12 @@ class GmailFlow:
         await self._reconcile_if_needed()
         query = None
         if inp.since is not None:  # Gmail's after:/before: take epoch seconds
-            cut = int(datetime.combine(inp.since, time(), timezone.utc).timestamp())
+            cut = _epoch(inp.since)
             query = f"after:{cut - 1}"
             if inp.window_start is None or inp.window_start < inp.since:
                 older = f"before:{cut}"
                 if inp.window_start is not None:
-                    older += f" after:{int(datetime.combine(inp.window_start, time(), timezone.utc).timestamp()) - 1}"
+                    older += f" after:{_epoch(inp.window_start) - 1}"
                 self.g.backfill_query = older
         await self._list_all(query)
         st.initial_rate = wf.progress().messages_per_second
@@ -326,7 +326,7 @@ class GmailFlow:
         g.backfill_token = page.next_page_token
         if not g.backfill_token:
             g.backfill_query = None
-            g.stored, g.stored_bytes = g.synced, g.stored_bytes + g.bytes  # counted exactly by the next pass
+            g.stored, g.stored_bytes = g.synced, g.stored_bytes + g.bytes
         self._show()
 
     async def _pass(self) -> None:
@@ -360,8 +360,8 @@ class GmailFlow:
                 folder=ALL_MAIL, new=r.added, updated=r.relabeled, expunged=r.deleted, downloaded_bytes=r.bytes,
             ))
             result.folders_added = r.labels_added
-            if not g.backfill_query:
-                self._count(r.stored, r.stored_bytes)
+            if not g.backfill_query:  # the mirror's size moves by what the pass added and deleted
+                self._count(g.stored + r.added - r.deleted, g.stored_bytes + r.bytes - r.deleted_bytes)
         finally:
             wf._pass_running = False
         if expired:  # Gmail no longer has our historyId: only a full resync can catch up
@@ -401,6 +401,8 @@ class GmailFlow:
             heartbeat=timedelta(seconds=inp.tuning.heartbeat_seconds),
         )
         g.resync = False
+        # what the listing then downloads adds to this (see _end_listing)
+        g.stored, g.stored_bytes = reconciled.stored, reconciled.stored_bytes
         return reconciled
 
     async def _record(self, result: PassResult) -> None:

@@ -462,8 +462,7 @@ class GmailHistoryResult(BaseModel):
     labels_removed: int = 0
     labels_added: list[str] = Field(default_factory=list)   # names of labels new since the last pass
     bytes: int = 0
-    stored: int = 0                      # live messages in the mirror afterwards, and their bytes
-    stored_bytes: int = 0
+    deleted_bytes: int = 0               # bytes of the messages `deleted` took out of the mirror
 
 
 class GmailReconcileInput(BaseModel):
@@ -475,6 +474,8 @@ class GmailReconcileResult(BaseModel):
     listed: int
     deleted: int
     label_rows_changed: int
+    stored: int = 0                      # live messages in the mirror afterwards, and their bytes
+    stored_bytes: int = 0
 
 
 class GmailWatchInput(BaseModel):

@@ -458,6 +458,16 @@ class GmailSession:
         pairs = [(item["id"], item.get("threadId", item["id"])) for item in data.get("messages") or ()]
         return pairs, data.get("nextPageToken") or None
 
+    async def list_all_messages(self, *, label_ids: Sequence[str] | None = None) -> dict[str, str]:
+        """Every message id (-> thread id) `list_messages` returns, spam and trash included, all pages."""
+        found: dict[str, str] = {}
+        token: str | None = None
+        while True:
+            pairs, token = await self.list_messages(token, label_ids=label_ids)
+            found.update(pairs)
+            if not token:
+                return found
+
     async def get_threads_minimal(self, thread_ids: Iterable[str]) -> dict[str, list[str]]:
         """Message ids of each thread, in thread order; threads that no longer exist are left out."""
         keys = list(dict.fromkeys(thread_ids))

@@ -12,11 +12,11 @@ from temporalio import activity
 from activities.deps import Deps
 from activities.errors import classified_errors
 from mail.model import FetchedMessage
-from mail.parse import parse_many
+from mail.parse import ParsedMessage, parse_many
 from providers.errors import UidValidityChanged
 from providers.imap.client import ImapSession
 from store.folders import FolderRow, record_folder_state, upsert_folders
-from store.pages import persist_page, reuse_stored
+from store.pages import PageWriteResult, reuse_stored, thread_messages, write_page
 from workflows.models import (
     DiscoverInput, DiscoverResult, FolderRef, PageSummary, PlanPagesInput, PlanPagesResult,
     SyncPageInput, UidRange,
@@ -27,6 +27,7 @@ _ROLE_ORDER = {"inbox": 0, "sent": 1, "archive": 2, "drafts": 3, "flagged": 4}
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 _HEARTBEAT_EVERY_S = 5.0
 _WRITES_IN_FLIGHT = 3
+_THREAD_EVERY = 500  # messages written per threading transaction (and per resume point)
 
 
 def _pages_newest_first(uids: list[int], page_size: int) -> list[UidRange]:
@@ -142,14 +143,20 @@ class ImapActivities:
                     chunks = [uids[i : i + inp.chunk_size] for i in range(0, len(uids), inp.chunk_size)]
                     # Fetching chunk k+1 overlaps the writes of the chunks before it; a few writes run at
                     # once (each its own transaction) because one commit per chunk is latency-bound.
-                    writes: deque[tuple[asyncio.Task[None], int]] = deque()
+                    # Threading takes the account's lock, so it runs once per few chunks, not per chunk.
+                    writes: deque[tuple[asyncio.Task[PageWriteResult], int]] = deque()
+                    unthreaded: dict[int, ParsedMessage] = {}
 
-                    async def settle_oldest() -> None:
+                    async def settle_oldest(*, last: bool = False) -> None:
                         task, lowest = writes.popleft()
-                        await task
-                        # settled in fetch order, so every UID above `lowest` is persisted
-                        progress["below"] = lowest
-                        activity.heartbeat(lowest)
+                        unthreaded.update((await task).written)
+                        if not unthreaded or len(unthreaded) >= _THREAD_EVERY or (last and not writes):
+                            if unthreaded:
+                                await self._thread(inp, unthreaded)
+                                unthreaded.clear()
+                            # settled in fetch order, so every UID above `lowest` is stored and threaded
+                            progress["below"] = lowest
+                            activity.heartbeat(lowest)
 
                     try:
                         for chunk in chunks:
@@ -159,7 +166,7 @@ class ImapActivities:
                                 await settle_oldest()
                             writes.append((asyncio.create_task(self._write(inp, fetched, summary)), min(chunk)))
                         while writes:
-                            await settle_oldest()
+                            await settle_oldest(last=True)
                     finally:
                         for task, _ in writes:
                             task.cancel()
@@ -180,11 +187,16 @@ class ImapActivities:
         summary.header_bytes += sum(len(h.raw) for h in heads)
         return [h.uid for h in missing]
 
-    async def _write(self, inp: SyncPageInput, fetched: list[FetchedMessage], summary: PageSummary) -> None:
+    async def _write(self, inp: SyncPageInput, fetched: list[FetchedMessage], summary: PageSummary) -> PageWriteResult:
         parsed = parse_many([m.raw for m in fetched])
         async with self.deps.pool.acquire() as conn:
-            result = await persist_page(conn, inp.account_id, inp.folder.folder_id, inp.uidvalidity, fetched, parsed)
+            result = await write_page(conn, inp.account_id, inp.folder.folder_id, inp.uidvalidity, fetched, parsed)
         summary.fetched += result.messages
         summary.new_messages += result.new_messages
         summary.bytes += result.bytes
         summary.parse_errors += result.parse_errors
+        return result
+
+    async def _thread(self, inp: SyncPageInput, written: dict[int, ParsedMessage]) -> None:
+        async with self.deps.pool.acquire() as conn:
+            await thread_messages(conn, inp.account_id, written)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import asyncpg
@@ -25,6 +25,7 @@ class PageWriteResult:
     new_messages: int      # messages seen for the first time in this account
     bytes: int
     parse_errors: int
+    written: dict[int, ParsedMessage] = field(default_factory=dict)  # message id → parsed, to thread
 
 
 def account_lock_key(account_id: str) -> int:
@@ -93,6 +94,22 @@ async def persist_page(
     fetched: Sequence[FetchedMessage],
     parsed: Sequence[ParsedMessage] | None = None,
 ) -> PageWriteResult:
+    """Write the page and thread it: `write_page` then `thread_messages`."""
+    result = await write_page(conn, account_id, folder_id, uidvalidity, fetched, parsed)
+    await thread_messages(conn, account_id, result.written)
+    return result
+
+
+async def write_page(
+    conn: asyncpg.Connection,
+    account_id: str,
+    folder_id: int,
+    uidvalidity: int,
+    fetched: Sequence[FetchedMessage],
+    parsed: Sequence[ParsedMessage] | None = None,
+) -> PageWriteResult:
+    """Bodies, messages and locations of a page in one transaction; writers of an account run in
+    parallel. The result's `written` ({message id: parsed}) still has to go through `thread_messages`."""
     if parsed is None:
         parsed = [parse_message(m.raw) for m in fetched]
     if not fetched:
@@ -103,26 +120,35 @@ async def persist_page(
         # A body without its message row (not written by this code, which stores both in one
         # transaction): the page is written again, checking every body first.
         ids, new_count = await _write_page(conn, account_id, folder_id, uidvalidity, fetched, parsed, careful=True)
-    # Threads and contacts merge across the whole account, so they are serialized per account; a
-    # second, short transaction keeps that lock from covering the bulk write above. Messages left
-    # unthreaded by a crash between the two are picked up by the next write of the same page.
     by_sha = {p.sha256: p for p in parsed}
-    async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", account_lock_key(account_id))
-        unthreaded = await conn.fetch(
-            "SELECT id, sha256 FROM messages WHERE id = ANY($1::bigint[]) AND thread_id IS NULL",
-            sorted(ids.values()),
-        )
-        to_thread = {r["id"]: by_sha[bytes(r["sha256"])] for r in unthreaded}
-        if to_thread:
-            await _assign_threads(conn, account_id, to_thread)
-            await _upsert_contacts(conn, account_id, list(to_thread.values()))
     return PageWriteResult(
         messages=len(fetched),
         new_messages=new_count,
         bytes=sum(len(m.raw) for m in fetched),
         parse_errors=sum(1 for p in parsed if p.parse_error),
+        written={pk: by_sha[sha] for sha, pk in ids.items()},
     )
+
+
+async def thread_messages(conn: asyncpg.Connection, account_id: str, written: dict[int, ParsedMessage]) -> None:
+    """Thread the written messages not threaded yet, and count them in their contacts.
+
+    Threads and contacts merge across the whole account, so this is serialized per account, in a
+    transaction of its own that the bulk writes run beside. A message written but left unthreaded
+    (a crash in between) is threaded by the next write of the same page. Called with many pages'
+    messages at once, the lock is taken once for all of them.
+    """
+    if not written:
+        return
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", account_lock_key(account_id))
+        unthreaded = await conn.fetch(
+            "SELECT id FROM messages WHERE id = ANY($1::bigint[]) AND thread_id IS NULL", sorted(written),
+        )
+        to_thread = {r["id"]: written[r["id"]] for r in unthreaded}
+        if to_thread:
+            await _assign_threads(conn, account_id, to_thread)
+            await _upsert_contacts(conn, account_id, list(to_thread.values()))
 
 
 async def _write_page(

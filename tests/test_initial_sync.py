@@ -77,6 +77,11 @@ async def assert_exact_mirror(pool: asyncpg.Pool, account) -> None:  # type: ign
     assert await pool.fetchval("SELECT count(*) FROM message_locations WHERE account_id = $1", account.id) == sum(
         len(m) for m in served.values()
     )
+    # every message threaded and counted (threading runs after the bulk writes, in batches)
+    assert await pool.fetchval(
+        "SELECT count(*) FROM messages WHERE account_id = $1 AND thread_id IS NULL", account.id) == 0
+    assert await pool.fetchval("SELECT coalesce(sum(message_count), 0) FROM threads WHERE account_id = $1",
+                               account.id) == len(distinct)
 
 
 async def test_full_sync_verify_and_export_byte_identical(
@@ -151,6 +156,43 @@ async def test_reply_chain_delivered_out_of_order_is_one_thread(
     count = await pool.fetchval("SELECT message_count FROM threads WHERE id = $1", rows[0]["thread_id"])
     assert count == 8
     assert await pool.fetchval("SELECT count(*) FROM threads WHERE account_id = $1", account.id) == 1
+
+
+async def test_idle_connection_is_lent_to_the_big_folder_within_the_limit(
+    make_account: AccountFactory, pool: asyncpg.Pool, client: Client,
+) -> None:
+    """Once the small folders are done, the big one fetches pages on both of the account's connections,
+    and no more than `connection_limit` pages are ever fetched at once."""
+    messages = corpus(500, seed=21, folders=("INBOX",)) + corpus(12, seed=22, folders=("Small",))
+    account = await make_account(messages)
+    tuning = TEST_TUNING.model_copy(update={"page_size": 25, "chunk_size": 25, "pages_per_run": 200})
+    await run_sync(client, account.id, tuning=tuning)
+    await assert_exact_mirror(pool, account)
+
+    spans: list[tuple[float, float, str]] = []
+    lent = 0
+    async for wf in client.list_workflows(f"WorkflowId STARTS_WITH '{account_workflow_id(account.id)}/folder/'"):
+        history = await client.get_workflow_handle(wf.id, run_id=wf.run_id).fetch_history()
+        started: dict[int, float] = {}
+        for e in history.events:
+            at = e.event_time.ToDatetime().timestamp()
+            if e.HasField("activity_task_started_event_attributes"):
+                started[e.activity_task_started_event_attributes.scheduled_event_id] = at
+            elif e.HasField("activity_task_completed_event_attributes"):
+                spans.append((started[e.activity_task_completed_event_attributes.scheduled_event_id], at, wf.id))
+            elif e.HasField("workflow_execution_signaled_event_attributes"):
+                lent += e.workflow_execution_signaled_event_attributes.signal_name == "lend_connections"
+    inbox_id = await pool.fetchval("SELECT id FROM folders WHERE account_id = $1 AND name = 'INBOX'", account.id)
+    inbox = [(a, b) for a, b, wid in spans if wid.endswith(f"/folder/{inbox_id}")]
+    assert lent >= 1
+    assert any(a2 < b1 and a1 < b2 for i, (a1, b1) in enumerate(inbox) for a2, b2 in inbox[i + 1:]), \
+        "the big folder never had two pages in flight"
+    edges = sorted([(a, 1) for a, _, _ in spans] + [(b, -1) for _, b, _ in spans])
+    in_flight = peak = 0
+    for _, step in edges:  # a close sorts before an open at the same instant
+        in_flight += step
+        peak = max(peak, in_flight)
+    assert peak <= tuning.connection_limit
 
 
 def _date(n: int):  # type: ignore[no-untyped-def]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import date, timedelta
 
 from temporalio import workflow
@@ -22,7 +23,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.gmail_sync import GmailActivities
     from activities.imap_incremental import ImapIncrementalActivities
     from activities.imap_sync import ImapActivities
-    from workflows.folder_sync import PROGRESS_SIGNAL, FolderSyncWorkflow
+    from workflows.folder_sync import LEND_SIGNAL, PROGRESS_SIGNAL, FolderSyncWorkflow
     from workflows.models import (
         AccountPhase, AccountProgress, AccountState, AccountSyncInput, AccountSyncResult, CredentialsExpired,
         DescribeAccountResult, DiscoverInput, DiscoverResult, FolderChanges, FolderChangesInput, FolderChangesResult, FolderCursor,
@@ -45,6 +46,15 @@ def account_workflow_id(account_id: str) -> str:
     return f"account-sync/{account_id}"
 
 
+
+
+@dataclass
+class _Mirroring:
+    """A folder being mirrored: its child workflow and the connections (pages at once) it has."""
+
+    folder: FolderRef
+    task: asyncio.Task[FolderSyncResult | None]
+    lanes: int = 1
 
 
 @workflow.defn
@@ -230,17 +240,66 @@ class AccountSyncWorkflow:
     async def _mirror_folders(
         self, inp: AccountSyncInput, folders: list[FolderRef], since: date | None = None
     ) -> list[FolderSyncResult]:
-        """Full mirror of these folders (initial, new folder, UIDVALIDITY change), bounded fan-out."""
-        slots = asyncio.Semaphore(max(1, inp.tuning.connection_limit))
-        results = await asyncio.gather(*(self._sync_folder(inp, f, slots, since) for f in folders))
-        done = [r for r in results if r is not None]
-        for r in done:
+        """Full mirror of these folders (initial, new folder, UIDVALIDITY change) on at most
+        `connection_limit` connections. Once no folder waits for one, an idle connection is lent to
+        the folder with the most left, so one big folder (INBOX, All Mail) does not finish alone."""
+        limit = max(1, inp.tuning.connection_limit)
+        waiting = list(folders)
+        running: dict[str, _Mirroring] = {}  # by child workflow id
+        results: list[FolderSyncResult] = []
+        while waiting or running:
+            while waiting and sum(m.lanes for m in running.values()) < limit and not self._auth_error:
+                folder = waiting.pop(0)
+                task = asyncio.create_task(self._sync_folder(inp, folder, since))
+                running[self._folder_child_id(folder)] = _Mirroring(folder=folder, task=task)
+            if self._auth_error:  # no point logging in again with a password the server just refused
+                waiting.clear()
+            if not running:
+                break
+            while (lend_to := self._lend_candidate(inp, running, limit, waiting)) is not None:
+                running[lend_to].lanes += 1
+                await self._lend(lend_to)
+            await workflow.wait_condition(
+                lambda: any(m.task.done() for m in running.values())
+                or self._lend_candidate(inp, running, limit, waiting) is not None
+            )
+            for child_id in [c for c, m in running.items() if m.task.done()]:
+                result = running.pop(child_id).task.result()
+                if result is not None:
+                    results.append(result)
+        for r in results:
             cursor = self._st.cursors.get(r.folder.folder_id)
             if cursor is not None and r.progress.phase == FolderPhase.done:
                 cursor.uidvalidity, cursor.uidnext, cursor.highestmodseq = r.uidvalidity, r.uidnext, r.highestmodseq
                 cursor.messages = r.progress.total
                 cursor.mirrored = True
-        return done
+        return results
+
+    def _lend_candidate(
+        self, inp: AccountSyncInput, running: dict[str, _Mirroring], limit: int, waiting: list[FolderRef]
+    ) -> str | None:
+        """The running folder an idle connection should go to: the most messages left per connection,
+        and more left than its connections already have in flight (one page each)."""
+        if waiting or self._auth_error or sum(m.lanes for m in running.values()) >= limit:
+            return None
+        best, best_share = None, 0.0
+        for child_id, m in running.items():
+            p = self._folders.get(m.folder.name)
+            if m.task.done() or p is None or p.phase != FolderPhase.running:
+                continue
+            left = p.total - p.done
+            if left > m.lanes * inp.tuning.page_size and left / m.lanes > best_share:
+                best, best_share = child_id, left / m.lanes
+        return best
+
+    async def _lend(self, child_id: str) -> None:
+        try:
+            await workflow.get_external_workflow_handle(child_id).signal(LEND_SIGNAL, 1)
+        except Exception:  # the folder finished meanwhile: its lanes come back when its result does
+            workflow.logger.info("lending a connection to %s: it has finished", child_id)
+
+    def _folder_child_id(self, folder: FolderRef) -> str:
+        return f"{workflow.info().workflow_id}/folder/{folder.folder_id}"
 
     async def _live(self, inp: AccountSyncInput) -> None:
         assert self._progress is not None
@@ -581,31 +640,28 @@ class AccountSyncWorkflow:
                 await workflow.sleep(PAUSE_AFTER_EXHAUSTED)
 
     async def _sync_folder(
-        self, inp: AccountSyncInput, folder: FolderRef, slots: asyncio.Semaphore, since: date | None = None
+        self, inp: AccountSyncInput, folder: FolderRef, since: date | None = None
     ) -> FolderSyncResult | None:
-        async with slots:
-            if self._auth_error:  # no point logging in again with a password the server just refused
+        try:
+            result = await workflow.execute_child_workflow(
+                FolderSyncWorkflow.run,
+                FolderSyncInput(
+                    account_id=inp.account_id, folder=folder, parent_workflow_id=workflow.info().workflow_id,
+                    tuning=inp.tuning, reuse_bodies=self._st.initial_done, since=since,
+                ),
+                id=self._folder_child_id(folder),
+            )
+        except ChildWorkflowError as err:
+            message = failure_message(err)
+            if failure_type(err) in AUTH_TYPES:
+                self._auth_error = message
                 return None
-            try:
-                result = await workflow.execute_child_workflow(
-                    FolderSyncWorkflow.run,
-                    FolderSyncInput(
-                        account_id=inp.account_id, folder=folder, parent_workflow_id=workflow.info().workflow_id,
-                        tuning=inp.tuning, reuse_bodies=self._st.initial_done, since=since,
-                    ),
-                    id=f"{workflow.info().workflow_id}/folder/{folder.folder_id}",
-                )
-            except ChildWorkflowError as err:
-                message = failure_message(err)
-                if failure_type(err) in AUTH_TYPES:
-                    self._auth_error = message
-                    return None
-                progress = self._folders.get(folder.name) or FolderProgress(name=folder.name)
-                progress.phase, progress.error = FolderPhase.failed, message
-                self._folders[folder.name] = progress
-                return FolderSyncResult(folder=folder, progress=progress)
-            self._folders[folder.name] = result.progress
-            return result
+            progress = self._folders.get(folder.name) or FolderProgress(name=folder.name)
+            progress.phase, progress.error = FolderPhase.failed, message
+            self._folders[folder.name] = progress
+            return FolderSyncResult(folder=folder, progress=progress)
+        self._folders[folder.name] = result.progress
+        return result
 
     def _auth_phase(self) -> AccountPhase:
         """Gmail grants expire or get revoked (OAuth); IMAP passwords are refused."""

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
 
 with workflow.unsafe.imports_passed_through():
     from activities.imap_sync import ImapActivities
@@ -19,6 +20,7 @@ with workflow.unsafe.imports_passed_through():
     )
 
 PROGRESS_SIGNAL = "folder_progress"
+LEND_SIGNAL = "lend_connections"
 _REPORT_EVERY = timedelta(seconds=2)
 
 
@@ -31,10 +33,19 @@ class FolderSyncWorkflow:
     def __init__(self) -> None:
         self._state: FolderState | None = None
         self._last_report = None
+        self._lent = 0  # lanes signalled but not yet folded into the state
 
     @workflow.query
     def progress(self) -> FolderProgress | None:
         return self._state.progress if self._state else None
+
+    @workflow.signal(name=LEND_SIGNAL)
+    def lend_connections(self, count: int) -> None:
+        """The account workflow has idle connections (no folder waits for one): use them for more pages."""
+        self._lent += count
+
+    def _fold_lent(self, st: FolderState) -> None:
+        st.lanes, self._lent = st.lanes + self._lent, 0
 
     @workflow.run
     async def run(self, inp: FolderSyncInput) -> FolderSyncResult:
@@ -42,38 +53,62 @@ class FolderSyncWorkflow:
         self._state = st
         st.progress.phase = FolderPhase.running
         pages_this_run = 0
+        # Up to `st.lanes` pages at once, each its own activity and IMAP connection. A page runs to
+        # completion before it leaves `pending`, so pending is the checkpoint whatever finishes first.
+        running: dict[int, asyncio.Task[PageSummary]] = {}  # page.hi → its sync
         while True:
+            self._fold_lent(st)
             try:
                 if not st.planned or (not st.pending and st.more_below is not None):
-                    await self._plan(inp, st)
+                    await self._plan(inp, st)  # nothing runs here: planning needs every page settled
                 if not st.pending:
                     break
-                summary = await self._sync_page(inp, st, st.pending[0])
+                due = pages_this_run > 0 and (
+                    pages_this_run >= inp.tuning.pages_per_run or workflow.info().is_continue_as_new_suggested()
+                )
+                if due and not running:
+                    await self._report(inp, force=True)
+                    self._fold_lent(st)
+                    workflow.continue_as_new(inp.model_copy(update={"state": st}))
+                if not due:
+                    for page in st.pending:
+                        if len(running) >= st.lanes:
+                            break
+                        if page.hi not in running:
+                            running[page.hi] = asyncio.create_task(self._sync_page(inp, st, page))
+                await workflow.wait_condition(
+                    lambda: any(t.done() for t in running.values()) or (self._lent > 0 and not due)
+                )
+                for hi in [hi for hi, t in running.items() if t.done()]:
+                    summary = running.pop(hi).result()
+                    page = next(p for p in st.pending if p.hi == hi)
+                    st.pending.remove(page)
+                    st.progress.done += summary.fetched
+                    st.progress.total -= min(summary.vanished, page.count)
+                    st.progress.failed += summary.parse_errors
+                    st.progress.bytes += summary.bytes + summary.header_bytes
+                    st.progress.reused += summary.reused
+                    st.progress.error = None
+                    st.pages_done += 1
+                    pages_this_run += 1
+                await self._report(inp)
             except _Restart:
+                await _abandon(running)
                 st = self._state = FolderState(
                     progress=FolderProgress(name=inp.folder.name, role=inp.folder.role, phase=FolderPhase.running),
-                    restarts=st.restarts + 1,
+                    restarts=st.restarts + 1, lanes=st.lanes,
                 )
                 continue
             except _FolderGone as gone:
+                await _abandon(running)
                 st.progress.phase = FolderPhase.failed
                 st.progress.error = f"folder disappeared on the server: {gone}"
                 st.pending.clear()
                 await self._report(inp, force=True)
                 return self._result(inp, st)
-            page = st.pending.pop(0)
-            st.progress.done += summary.fetched
-            st.progress.total -= min(summary.vanished, page.count)
-            st.progress.failed += summary.parse_errors
-            st.progress.bytes += summary.bytes + summary.header_bytes
-            st.progress.reused += summary.reused
-            st.progress.error = None
-            st.pages_done += 1
-            pages_this_run += 1
-            await self._report(inp)
-            if st.pending and (pages_this_run >= inp.tuning.pages_per_run or workflow.info().is_continue_as_new_suggested()):
-                await self._report(inp, force=True)
-                workflow.continue_as_new(inp.model_copy(update={"state": st}))
+            except BaseException:
+                await _abandon(running)
+                raise
         st.progress.phase = FolderPhase.done
         st.progress.total = max(st.progress.total, st.progress.done)
         await self._report(inp, force=True)
@@ -123,6 +158,8 @@ class FolderSyncWorkflow:
                     retry_policy=ACTIVITY_RETRY,
                 )
             except ActivityError as err:
+                if isinstance(err.cause, CancelledError):  # abandoned: another page restarts the folder
+                    raise
                 kind = failure_type(err)
                 if kind == "UidValidityChanged":
                     raise _Restart() from err
@@ -149,3 +186,11 @@ class FolderSyncWorkflow:
 
 class _FolderGone(Exception):
     pass
+
+
+async def _abandon(running: dict[int, asyncio.Task[PageSummary]]) -> None:
+    """Cancel the pages still in flight and let them settle (their writes are idempotent)."""
+    for task in running.values():
+        task.cancel()
+    await asyncio.gather(*running.values(), return_exceptions=True)
+    running.clear()

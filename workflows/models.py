@@ -135,6 +135,7 @@ class FolderState(BaseModel):
     progress: FolderProgress
     pages_done: int = 0
     restarts: int = 0                # UIDVALIDITY changes seen during this sync
+    lanes: int = 1                   # pages fetched at once: connections the account workflow lent it
 
 
 class FolderSyncInput(BaseModel):

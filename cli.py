@@ -819,6 +819,8 @@ def export(
 @app.command("verify")
 def verify(
     account: str = typer.Argument(..., help="account id or address"),
+    window: str = typer.Option(
+        "all", help="the sync's --window: only mail on or after it must be mirrored (all, 1y, 90d, a date)"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Compare every message on the server with the database (IMAP: UID, sha256, flags; Gmail: ids, sha256,
@@ -827,21 +829,22 @@ def verify(
     async def body() -> int:
         from store.accounts import get_account
 
+        since = _day_option("--window", window)
         settings = get_settings()
         pool = await _pool(settings)
         try:
             async with pool.acquire() as conn:
                 acc = await get_account(conn, account)
                 if acc.provider == "gmail":
-                    return await _verify_gmail(settings, conn, acc, as_json)
-                return await _verify_imap(settings, conn, acc, as_json)
+                    return await _verify_gmail(settings, conn, acc, as_json, since)
+                return await _verify_imap(settings, conn, acc, as_json, since)
         finally:
             await pool.close()
 
     run(body)
 
 
-async def _verify_imap(settings: Settings, conn: Any, acc: Any, as_json: bool) -> int:
+async def _verify_imap(settings: Settings, conn: Any, acc: Any, as_json: bool, since: date | None) -> int:
     from ops.verify import verify_account
     from providers.imap.client import ImapSession
     from providers.imap.settings import ImapSettings
@@ -849,7 +852,7 @@ async def _verify_imap(settings: Settings, conn: Any, acc: Any, as_json: bool) -
     password = _box(settings).open(acc.credentials or b"", acc.id).decode()
     async with ImapSession(ImapSettings.model_validate(acc.settings), password,
                            auth_timeout=settings.imap_auth_timeout, timeout=settings.imap_timeout) as s:
-        report = await verify_account(conn, s, acc.id)
+        report = await verify_account(conn, s, acc.id, since)
     t = report.totals()
     if as_json:
         out.print_json(json.dumps({"identical": report.identical,
@@ -864,7 +867,7 @@ async def _verify_imap(settings: Settings, conn: Any, acc: Any, as_json: bool) -
     return 0 if report.identical else 2
 
 
-async def _verify_gmail(settings: Settings, conn: Any, acc: Any, as_json: bool) -> int:
+async def _verify_gmail(settings: Settings, conn: Any, acc: Any, as_json: bool, since: date | None) -> int:
     from ops.verify_gmail import verify_gmail_account
     from providers.gmail import AuthExpired, GmailSession, TokenBucket, parse_credentials
 
@@ -873,7 +876,7 @@ async def _verify_gmail(settings: Settings, conn: Any, acc: Any, as_json: bool) 
         async with GmailSession(creds, api_endpoint=acc.settings.get("api_endpoint"),
                                 batch_uri=acc.settings.get("batch_uri"), timeout=settings.imap_timeout,
                                 bucket=TokenBucket.for_quota(settings.gmail_quota)) as gmail:
-            report = await verify_gmail_account(conn, gmail, acc.id)
+            report = await verify_gmail_account(conn, gmail, acc.id, since)
     except AuthExpired:
         raise CliError(f"Google refused the stored credentials of {acc.id} (revoked or expired grant): "
                        f"`mailsync account update {acc.id} --credentials FILE` stores new ones") from None

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from contextlib import suppress
-from datetime import date
 
 from temporalio import activity
 
@@ -13,6 +12,7 @@ from activities.deps import Deps
 from activities.errors import classified_errors
 from mail.model import FetchedMessage
 from mail.parse import ParsedMessage, parse_many
+from mail.windows import imap_date
 from providers.errors import UidValidityChanged
 from providers.imap.client import ImapSession
 from store.folders import FolderRow, record_folder_state, upsert_folders
@@ -24,7 +24,6 @@ from workflows.models import (
 
 # Folders a user reads first come first; the rest follow by name.
 _ROLE_ORDER = {"inbox": 0, "sent": 1, "archive": 2, "drafts": 3, "flagged": 4}
-_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 _HEARTBEAT_EVERY_S = 5.0
 _WRITES_IN_FLIGHT = 3
 _THREAD_EVERY = 500  # messages written per threading transaction (and per resume point)
@@ -39,17 +38,13 @@ def _pages_newest_first(uids: list[int], page_size: int) -> list[UidRange]:
     return pages
 
 
-def _imap_date(d: date) -> str:
-    return f"{d.day}-{_MONTHS[d.month - 1]}-{d.year}"  # RFC 3501 date: month names, not the locale's
-
-
 def _window_criteria(inp: PlanPagesInput) -> str:
     """SEARCH criteria for a backfill window on INTERNALDATE: SINCE is inclusive, BEFORE exclusive."""
     parts = []
     if inp.since is not None:
-        parts.append(f"SINCE {_imap_date(inp.since)}")
+        parts.append(f"SINCE {imap_date(inp.since)}")
     if inp.before is not None:
-        parts.append(f"BEFORE {_imap_date(inp.before)}")
+        parts.append(f"BEFORE {imap_date(inp.before)}")
     return " ".join(parts) or "ALL"
 
 

@@ -24,10 +24,12 @@ import contextlib
 import hashlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import date
 from typing import Any
 
 import asyncpg
 
+from mail.windows import gmail_since
 from providers.gmail import GmailSession
 
 
@@ -79,13 +81,19 @@ async def _server_hashes(gmail: GmailSession, ids: Sequence[str]) -> tuple[dict[
     return hashes, gone
 
 
-async def verify_gmail_account(conn: asyncpg.Connection, gmail: GmailSession, account_id: str) -> GmailVerifyReport:
+async def verify_gmail_account(
+    conn: asyncpg.Connection, gmail: GmailSession, account_id: str, since: date | None = None
+) -> GmailVerifyReport:
+    """With `since` (a sync's --window), only messages Gmail dates on or after that day must be
+    mirrored; a stored message Gmail no longer lists is extra whatever its date."""
     report = GmailVerifyReport()
 
-    server_threads = await gmail.list_all_messages()
+    everything = await gmail.list_all_messages()
+    server_threads = everything if since is None else await gmail.list_all_messages(q=gmail_since(since))
     server_hashes, gone = await _server_hashes(gmail, list(server_threads))
     for message_id in gone:  # deleted between the listing and the fetch: no longer on the server
         server_threads.pop(message_id, None)
+        everything.pop(message_id, None)
 
     rows = await conn.fetch(
         """SELECT g.gmail_id, g.gmail_thread_id, m.sha256,
@@ -96,7 +104,8 @@ async def verify_gmail_account(conn: asyncpg.Connection, gmail: GmailSession, ac
            WHERE g.account_id = $1 AND g.deleted_at IS NULL""",
         account_id,
     )
-    mine = {r["gmail_id"]: r for r in rows}
+    # outside the window but on the server: stored or not, nothing to compare
+    mine = {r["gmail_id"]: r for r in rows if r["gmail_id"] in server_threads or r["gmail_id"] not in everything}
     report.server = len(server_threads)
     report.database = len(mine)
     for message_id, thread_id in server_threads.items():
@@ -124,7 +133,7 @@ async def verify_gmail_account(conn: asyncpg.Connection, gmail: GmailSession, ac
         for r in await conn.fetch("SELECT label_id, name FROM gmail_labels WHERE account_id = $1", account_id)
     }
     for label in await gmail.labels(with_counts=False):
-        on_server = (await gmail.list_all_messages(label_ids=[label.id])).keys()
+        on_server = (await gmail.list_all_messages(label_ids=[label.id], q=gmail_since(since) if since else None)).keys()
         in_db = stored.pop(label.id, set())
         report.labels.append(LabelDiff(
             label_id=label.id, name=label.name, server=len(on_server), database=len(in_db),

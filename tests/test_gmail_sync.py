@@ -342,7 +342,7 @@ async def test_watch_push_through_the_gateway_syncs_new_mail(
 
 
 async def test_since_window_first_then_older_mail_in_the_background(
-    fake: GmailFake, pool: asyncpg.Pool, box: CredentialBox, client: Client
+    fake: GmailFake, pool: asyncpg.Pool, box: CredentialBox, client: Client, cli_env: dict[str, str],
 ) -> None:
     account = await add_gmail_account(fake, pool, box, 200, seed=57)
     since = date(2019, 6, 8)
@@ -385,6 +385,20 @@ async def test_since_window_first_then_older_mail_in_the_background(
     assert (await sync_now(handle)).updated == 1
     await assert_mirror(pool, fake, account)
     await handle.terminate()
+    # verify --window compares the window only; a message the mirror lost is found inside it, not outside
+    older = sorted(set(fake.message_ids(account.user)) - recent)[0]
+    await pool.execute("UPDATE gmail_messages SET deleted_at = now() WHERE account_id = $1 AND gmail_id = $2",
+                       account.id, older)
+    env = cli_env | {"MAILSYNC_GMAIL_QUOTA": str(FAST_QUOTA)}
+    windowed = await run_cli(env, "verify", account.id, "--window", since.isoformat(), "--json")
+    assert windowed.returncode == 0, windowed.stdout + windowed.stderr
+    assert json.loads(windowed.stdout)["server"] == len(recent)
+    whole = await run_cli(env, "verify", account.id, "--json")
+    assert whole.returncode == 2 and json.loads(whole.stdout)["missing"] == 1, whole.stdout
+    await pool.execute("UPDATE gmail_messages SET deleted_at = now() WHERE account_id = $1 AND gmail_id = $2",
+                       account.id, sorted(recent)[1])
+    holed = await run_cli(env, "verify", account.id, "--window", since.isoformat(), "--json")
+    assert holed.returncode == 2 and json.loads(holed.stdout)["missing"] == 1, holed.stdout
 
 
 async def test_grant_expired_webhook_parks_a_running_gmail_account(

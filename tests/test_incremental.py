@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import imaplib
+import json
 import tempfile
 import time
 from collections.abc import Iterator
@@ -407,6 +408,20 @@ async def test_recent_window_first_then_backfill_in_the_background(
     report = await verify(pool, account)
     assert all(f.extra == 0 and f.mismatched == 0 and f.flag_differences == 0 for f in report.folders)
     assert report.totals().missing == len(seeded) - in_window
+    # the user's check knows the window: identical within it, and a hole in it is found
+    checked = await run_cli(cli_env, "verify", account.id, "--window", window.isoformat(), "--json")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert json.loads(checked.stdout)["totals"]["server"] == in_window
+    assert (await run_cli(cli_env, "verify", account.id)).returncode == 2
+    await handle.terminate()
+    lost = await pool.fetchval(
+        """DELETE FROM message_locations WHERE ctid = (SELECT ctid FROM message_locations
+           WHERE account_id = $1 ORDER BY internaldate DESC LIMIT 1) RETURNING uid""", account.id)
+    assert lost is not None
+    holed = await run_cli(cli_env, "verify", account.id, "--window", window.isoformat(), "--json")
+    assert holed.returncode == 2 and json.loads(holed.stdout)["totals"]["missing"] == 1, holed.stdout
+    bad = await run_cli(cli_env, "verify", account.id, "--window", "last tuesday")
+    assert bad.returncode != 0 and "--window" in bad.stderr
 
 
 async def test_dropped_idle_connection_is_reestablished(

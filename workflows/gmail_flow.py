@@ -12,7 +12,7 @@ bucket to coordinate. Each share adapts on 429 (halves, honours Retry-After, rec
 from __future__ import annotations
 
 import asyncio
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from temporalio import workflow
@@ -30,6 +30,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.policies import (
         AUTH_TYPES, PASS_RETRY, PAUSE_AFTER_EXHAUSTED, SHORT_TIMEOUT, AccountAuthFailed, failure_message, failure_type,
     )
+    from mail.windows import gmail_epoch, gmail_since
     from workflows.thread_sync import ThreadSyncWorkflow
 
 if TYPE_CHECKING:
@@ -41,11 +42,6 @@ _WATCH_RETRY = timedelta(hours=1)
 # Continue-as-new during a long listing before the history gets heavy (children cost ~10 events each).
 _LISTING_HISTORY_LIMIT = 20_000
 _LISTING_SHARE = 0.05
-
-
-def _epoch(day: date) -> int:
-    """Midnight UTC of `day` in epoch seconds (Gmail's `after:`/`before:`)."""
-    return int(datetime.combine(day, time(), timezone.utc).timestamp())
 
 
 class GmailFlow:
@@ -150,12 +146,11 @@ class GmailFlow:
         await self._reconcile_if_needed()
         query = None
         if inp.since is not None:  # Gmail's after:/before: take epoch seconds
-            cut = _epoch(inp.since)
-            query = f"after:{cut - 1}"
+            query = gmail_since(inp.since)
             if inp.window_start is None or inp.window_start < inp.since:
-                older = f"before:{cut}"
+                older = f"before:{gmail_epoch(inp.since)}"
                 if inp.window_start is not None:
-                    older += f" after:{_epoch(inp.window_start) - 1}"
+                    older += " " + gmail_since(inp.window_start)
                 self.g.backfill_query = older
         await self._list_all(query)
         st.initial_rate = wf.progress().messages_per_second

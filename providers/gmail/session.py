@@ -458,12 +458,14 @@ class GmailSession:
         pairs = [(item["id"], item.get("threadId", item["id"])) for item in data.get("messages") or ()]
         return pairs, data.get("nextPageToken") or None
 
-    async def list_all_messages(self, *, label_ids: Sequence[str] | None = None) -> dict[str, str]:
+    async def list_all_messages(
+        self, *, label_ids: Sequence[str] | None = None, q: str | None = None
+    ) -> dict[str, str]:
         """Every message id (-> thread id) `list_messages` returns, spam and trash included, all pages."""
         found: dict[str, str] = {}
         token: str | None = None
         while True:
-            pairs, token = await self.list_messages(token, label_ids=label_ids)
+            pairs, token = await self.list_messages(token, label_ids=label_ids, q=q)
             found.update(pairs)
             if not token:
                 return found

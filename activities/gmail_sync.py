@@ -22,8 +22,9 @@ from providers.gmail import (
 )
 from store.accounts import get_account
 from store.gmail import (
-    current_labels, live_gmail_ids, mark_deleted, mirror_size, persist_gmail_messages, replace_label_members,
-    set_message_labels, stored_gmail_ids, thread_unthreaded, upsert_labels,
+    clear_refused, current_labels, live_gmail_ids, mark_deleted, mirror_size, persist_gmail_messages,
+    record_refused, refusals, refused_ids, replace_label_members, set_message_labels, stored_gmail_ids,
+    thread_unthreaded, upsert_labels,
 )
 from workflows.models import (
     DescribeAccountResult, DiscoverInput, GmailFetchInput, GmailFetchResult, GmailHistoryInput, GmailHistoryResult,
@@ -34,6 +35,7 @@ from workflows.models import (
 _HEARTBEAT_EVERY_S = 5.0
 _WRITE_GROUP = 100        # messages per write transaction at most
 _WRITE_GROUP_S = 1.0      # and at least this often: a crash refetches at most a second of quota
+_REFUSED_PER_PASS = 500   # messages Gmail refused before, asked for again by each pass
 _HISTORY_TYPES = ("messageAdded", "messageDeleted", "labelAdded", "labelRemoved")
 
 
@@ -134,6 +136,8 @@ class GmailActivities:
         """Raw messages in Gmail batches, each parsed and persisted as it arrives (counted into `result`);
         returns the ids Gmail answered 404 for (deleted since they were listed)."""
         missing: list[str] = []
+        refused: dict[str, str] = {}
+        stored: list[str] = []
         # At Google's quota a Gmail batch holds 2-5 messages (its size is what a bucket's burst pays
         # for): writing each as its own transaction costs more than the fetch, so batches are grouped.
         pending: list[GmailMessage] = []
@@ -145,6 +149,7 @@ class GmailActivities:
             parsed = await asyncio.to_thread(parse_many, [m.raw for m in group])
             async with self.deps.pool.acquire() as conn:
                 written = await persist_gmail_messages(conn, account_id, group, parsed)
+            stored.extend(m.id for m in group)
             result.fetched += written.messages
             result.new_messages += written.new_messages
             result.bytes += written.bytes
@@ -153,6 +158,7 @@ class GmailActivities:
         async with contextlib.aclosing(gmail.iter_raw_messages(ids)) as batches:
             async for batch in batches:
                 missing.extend(batch.missing)
+                refused.update(batch.refused)
                 result.retried_parts += batch.retried_parts
                 if not pending:
                     oldest = time.monotonic()
@@ -161,6 +167,14 @@ class GmailActivities:
                     await flush()
         if pending:
             await flush()
+        # A message Gmail keeps refusing is left out, not allowed to stall the rest: it is recorded,
+        # and every pass asks for it again (gmail_apply_history).
+        async with self.deps.pool.acquire() as conn:
+            await record_refused(conn, account_id, refused)
+            await clear_refused(conn, account_id, stored + missing)
+            now = await refusals(conn, account_id)
+        result.refused += len(refused)
+        result.refused_total, result.refused_reason = now.count, now.reason
         return missing
 
     @activity.defn
@@ -193,6 +207,7 @@ class GmailActivities:
                 async with self.deps.pool.acquire() as conn:
                     synced = await upsert_labels(conn, inp.account_id, labels)
                     stored = await current_labels(conn, inp.account_id, touched)
+                    asked_again = await refused_ids(conn, inp.account_id, _REFUSED_PER_PASS)
                 result.labels_removed, result.labels_added = synced.removed, synced.added
                 deleted: set[str] = set()
                 labels_now = {k: set(v) for k, v in stored.items()}
@@ -208,10 +223,13 @@ class GmailActivities:
                         labels_now[mid] -= set(change.label_ids)
                 # anything touched that we do not hold (added, or changed before we ever saw it) is fetched
                 to_fetch = [m for m in touched if m not in stored and m not in deleted]
+                # and the messages Gmail refused so far: one may be served now (or be gone: a 404)
+                to_fetch += [m for m in asked_again if m not in deleted and m not in stored and m not in to_fetch]
                 fetched = GmailFetchResult()
                 # a 404 is a message deleted since: the next history page will say so too
                 gone = sorted(deleted) + await self._fetch_and_persist(gmail, inp.account_id, to_fetch, fetched)
                 result.added, result.bytes = fetched.fetched, fetched.bytes
+                result.refused_total, result.refused_reason = fetched.refused_total, fetched.refused_reason
             async with self.deps.pool.acquire() as conn:
                 # a label deleted in Gmail within the window may still be "added" by an earlier record
                 existing = {label.id for label in labels}

@@ -302,3 +302,55 @@ async def _assign_gmail_threads(conn: asyncpg.Connection, account_id: str, membe
         [pk for pk, _ in members], [tid[t] for _, t in members],
     )
     await refresh_thread_stats(conn, sorted(tid.values()))
+
+
+@dataclass
+class Refusals:
+    """Messages Gmail keeps refusing to serve: how many, and its latest answer."""
+
+    count: int = 0
+    reason: str | None = None
+
+
+async def record_refused(conn: asyncpg.Connection, account_id: str, refused: Mapping[str, str]) -> None:
+    """Remember messages Gmail refused (another attempt counted for those already known)."""
+    if not refused:
+        return
+    ids = sorted(refused)
+    await conn.execute(
+        """INSERT INTO gmail_refused (account_id, gmail_id, reason)
+           SELECT $1, i, r FROM unnest($2::text[], $3::text[]) AS t(i, r)
+           ON CONFLICT (account_id, gmail_id) DO UPDATE
+               SET reason = EXCLUDED.reason, attempts = gmail_refused.attempts + 1, last_refused = now()""",
+        account_id, ids, [refused[i] for i in ids],
+    )
+
+
+async def clear_refused(conn: asyncpg.Connection, account_id: str, ids: Iterable[str]) -> None:
+    """Forget refusals of messages now stored, or gone from Gmail."""
+    ids = sorted(set(ids))
+    if ids:
+        await conn.execute(
+            "DELETE FROM gmail_refused WHERE account_id = $1 AND gmail_id = ANY($2::text[])", account_id, ids)
+
+
+async def refused_ids(conn: asyncpg.Connection, account_id: str, limit: int) -> list[str]:
+    """The refused messages due to be asked for again, least recently refused first: 2 minutes after
+    the first refusal, doubling with each one up to a day (a pass should not pay for them every time)."""
+    rows = await conn.fetch(
+        """SELECT gmail_id FROM gmail_refused
+           WHERE account_id = $1
+             AND last_refused <= now() - make_interval(mins => least(power(2, attempts), 1440)::int)
+           ORDER BY last_refused, gmail_id LIMIT $2""",
+        account_id, limit,
+    )
+    return [r["gmail_id"] for r in rows]
+
+
+async def refusals(conn: asyncpg.Connection, account_id: str) -> Refusals:
+    row = await conn.fetchrow(
+        """SELECT count(*) AS n, (array_agg(reason ORDER BY last_refused DESC))[1] AS reason
+           FROM gmail_refused WHERE account_id = $1""",
+        account_id,
+    )
+    return Refusals(count=row["n"], reason=row["reason"])

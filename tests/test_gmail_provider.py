@@ -577,6 +577,23 @@ async def test_server_errors_inside_a_batch_are_retried_and_single_ones_classifi
     fake.quota.reset()  # drop the unused forced errors
 
 
+async def test_a_refused_message_is_reported_not_raised_and_a_passing_refusal_is_retried(fake: GmailFake) -> None:
+    user = new_user(fake)
+    ids = fake.seed(user, 6, seed=47)
+    fake.refuse_message(user, ids[1])            # 400 failedPrecondition for good
+    fake.refuse_message(user, ids[3], times=1)   # once: the next round gets it
+    async with session_for(fake, user, server_error_backoff=0.05) as gmail:
+        result = await gmail.get_raw_messages(ids)
+        assert [m.id for m in result.messages] == [i for i in ids if i != ids[1]]
+        assert list(result.refused) == [ids[1]] and "HTTP 400 failedPrecondition" in result.refused[ids[1]]
+        assert result.retried_parts >= 1 + 2  # ids[3] once, ids[1] in each refused round (and after a reset)
+        batches = [b async for b in gmail.iter_raw_messages(ids[:2])]
+        assert [list(b.refused) for b in batches] == [[ids[1]]]
+        # once Gmail serves it, it is fetched like any other
+        fake.serve_message(user, ids[1])
+        assert len((await gmail.get_raw_messages(ids)).messages) == 6
+
+
 async def test_sustained_fetch_with_the_bucket_never_exceeds_the_quota(fake: GmailFake) -> None:
     user = new_user(fake)
     ids = fake.seed(user, 200, seed=47)

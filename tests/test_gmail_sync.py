@@ -542,3 +542,50 @@ async def test_grant_revoked_mid_resync_loses_nothing(
             await assert_mirror(pool, slow, account)
         finally:
             await handle.terminate()
+
+
+async def test_a_message_gmail_refuses_is_left_out_recorded_and_fetched_once_served(
+    fake: GmailFake, pool: asyncpg.Pool, box: CredentialBox, client: Client, cli_env: dict[str, str],
+) -> None:
+    """Gmail's 400 failedPrecondition: an intermittent one is retried inside the batch; one that lasts
+    does not stall the sync (the rest is mirrored), is recorded and shown, and is fetched once served."""
+    account = await add_gmail_account(fake, pool, box, 60, seed=61)
+    ids = fake.message_ids(account.user)
+    stubborn, flaky = ids[5], ids[17]
+    fake.refuse_message(account.user, stubborn)          # for good, until served
+    fake.refuse_message(account.user, flaky, times=2)    # passes on the next attempt but one
+    handle = await start_live(client, account.id)
+    stored = lambda: pool.fetchval(  # noqa: E731
+        "SELECT array_agg(gmail_id) FROM gmail_messages WHERE account_id = $1 AND deleted_at IS NULL", account.id)
+    held = set(await stored())
+    assert flaky in held and stubborn not in held and len(held) == len(ids) - 1
+    refused = await pool.fetch("SELECT gmail_id, reason, attempts FROM gmail_refused WHERE account_id = $1",
+                               account.id)
+    assert [(r["gmail_id"], r["attempts"]) for r in refused] == [(stubborn, 1)]
+    assert "400" in refused[0]["reason"] and "failedPrecondition" in refused[0]["reason"]
+    p: AccountProgress = await handle.query(AccountSyncWorkflow.progress)
+    assert p.failed == 1 and p.last_error and p.last_error.startswith("Gmail refuses 1 message")
+    env = cli_env | {"MAILSYNC_GMAIL_QUOTA": str(FAST_QUOTA)}
+    checked = await run_cli(env, "verify", account.id, "--json")
+    assert checked.returncode == 2 and json.loads(checked.stdout)["missing"] == 1, checked.stdout
+
+    # not asked again before it is due (2 minutes after a first refusal, doubling), then asked by a pass
+    fake.reset_stats()
+    await sync_now(handle)
+    assert fake.stats(account.user).calls.get("messages.get", 0) == 0
+    await pool.execute("UPDATE gmail_refused SET last_refused = now() - interval '1 hour' WHERE account_id = $1",
+                       account.id)
+    await sync_now(handle)
+    assert fake.stats(account.user).calls.get("messages.get", 0) == 3  # one attempt and two retries
+    assert await pool.fetchval("SELECT attempts FROM gmail_refused WHERE account_id = $1", account.id) == 2
+
+    fake.serve_message(account.user, stubborn)
+    await pool.execute("UPDATE gmail_refused SET last_refused = now() - interval '1 day' WHERE account_id = $1",
+                       account.id)
+    await sync_now(handle)
+    assert stubborn in set(await stored())
+    assert await pool.fetchval("SELECT count(*) FROM gmail_refused WHERE account_id = $1", account.id) == 0
+    p = await handle.query(AccountSyncWorkflow.progress)
+    assert p.failed == 0 and not (p.last_error or "").startswith("Gmail refuses")
+    await assert_mirror(pool, fake, account)
+    await handle.terminate()

@@ -85,6 +85,7 @@ class GmailFlow:
         else:  # the mirror as last counted
             row.total = row.done = g.stored
             row.bytes = g.stored_bytes
+        row.failed = g.refused
         row.phase = FolderPhase.running if g.listing else FolderPhase.done
         row.updated_at = workflow.now()
         self.wf._folders[ALL_MAIL] = row
@@ -97,6 +98,18 @@ class GmailFlow:
                 updated_at=workflow.now(),
             )
         return row
+
+    def _refusals(self, count: int, reason: str | None) -> None:
+        """Messages Gmail keeps refusing: counted as failed, and said in the last error until served."""
+        g, progress = self.g, self.wf._progress
+        assert progress is not None
+        g.refused, g.refused_reason = count, reason
+        if count:
+            progress.last_error = (f"Gmail refuses {count} message(s) ({reason}): not in the mirror, "
+                                   "asked for again on every pass")
+        elif progress.last_error and progress.last_error.startswith("Gmail refuses"):
+            progress.last_error = None
+        self._show()
 
     def _count(self, stored: int, stored_bytes: int) -> None:
         self.g.stored, self.g.stored_bytes = stored, stored_bytes
@@ -251,7 +264,7 @@ class GmailFlow:
         g.synced += r.fetched + r.reused
         g.fetched += r.fetched
         g.bytes += r.bytes
-        self._show()
+        self._refusals(r.refused_total, r.refused_reason)
 
     # ---- live -------------------------------------------------------------------------------------
 
@@ -357,6 +370,7 @@ class GmailFlow:
             result.folders_added = r.labels_added
             if not g.backfill_query:  # the mirror's size moves by what the pass added and deleted
                 self._count(g.stored + r.added - r.deleted, g.stored_bytes + r.bytes - r.deleted_bytes)
+            self._refusals(r.refused_total, r.refused_reason)
         finally:
             wf._pass_running = False
         if expired:  # Gmail no longer has our historyId: only a full resync can catch up

@@ -233,6 +233,8 @@ class GmailCursor(BaseModel):
     synced: int = 0                      # messages the current listing has persisted or found stored
     fetched: int = 0                     # of those, downloaded (the rest were stored already)
     bytes: int = 0                       # downloaded by the current listing
+    refused: int = 0                     # messages Gmail keeps refusing to serve, as last counted
+    refused_reason: str | None = None
     stored: int = 0                      # live messages in the mirror, as last counted
     stored_bytes: int = 0
     window_synced: int = 0               # messages the --since window held (the backfill's baseline)
@@ -446,6 +448,9 @@ class GmailFetchResult(BaseModel):
     bytes: int = 0
     parse_errors: int = 0
     retried_parts: int = 0
+    refused: int = 0                     # messages Gmail kept refusing (4xx): left out, asked for again
+    refused_total: int = 0               # the account's refused messages after this activity
+    refused_reason: str | None = None    # Gmail's latest answer to one of them
 
 
 class GmailHistoryInput(BaseModel):
@@ -464,6 +469,8 @@ class GmailHistoryResult(BaseModel):
     labels_added: list[str] = Field(default_factory=list)   # names of labels new since the last pass
     bytes: int = 0
     deleted_bytes: int = 0               # bytes of the messages `deleted` took out of the mirror
+    refused_total: int = 0               # messages Gmail still refuses (each pass asks for them again)
+    refused_reason: str | None = None
 
 
 class GmailReconcileInput(BaseModel):

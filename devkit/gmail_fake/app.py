@@ -260,6 +260,7 @@ def create_app(ctx: FakeContext) -> FastAPI:
         headers = _list_param(request, "metadataHeaders") or None
         with store.lock:
             message = store.get_message(mailbox.address, message_id)
+            store.check_refusal(mailbox.address, message_id)
             view = message_view(message, fmt, headers)
             raw_size = len(message.raw)
         if fmt == "raw":

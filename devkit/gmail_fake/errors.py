@@ -15,6 +15,7 @@ __all__ = [
     "conflict",
     "delegation_denied",
     "error_body",
+    "failed_precondition",
     "invalid_argument",
     "not_found",
     "rate_limited",
@@ -107,6 +108,11 @@ def not_found(message: str = _NOT_FOUND_MESSAGE) -> GmailApiError:
 
 def bad_request(message: str) -> GmailApiError:
     return GmailApiError(400, message, reason="badRequest", status="FAILED_PRECONDITION")
+
+
+def failed_precondition() -> GmailApiError:
+    """What Gmail answers, now and then or for good, for a message it will not serve."""
+    return GmailApiError(400, "Precondition check failed.", reason="failedPrecondition", status="FAILED_PRECONDITION")
 
 
 def invalid_argument(message: str, *, location: str | None = None) -> GmailApiError:

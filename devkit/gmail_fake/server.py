@@ -260,6 +260,14 @@ class GmailFake:
         """Answer the next `n_requests` API calls with `status` (500/503: Google's backendError)."""
         self.quota.force_errors(n_requests, status=status, user=user)
 
+    def refuse_message(self, user: str, message_id: str, times: int | None = None) -> None:
+        """Answer messages.get of this message with Gmail's 400 failedPrecondition, `times` times (the
+        intermittent kind) or until `serve_message` (a message Gmail will not serve)."""
+        self.store.refuse(user, message_id, times)
+
+    def serve_message(self, user: str, message_id: str) -> None:
+        self.store.serve(user, message_id)
+
     def set_quota(self, *, limit: int | None = None, enforce: bool | None = None) -> None:
         if limit is not None:
             self.quota.limit = limit

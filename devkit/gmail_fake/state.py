@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
-from devkit.gmail_fake.errors import GmailApiError, conflict, invalid_argument, not_found
+from devkit.gmail_fake.errors import GmailApiError, conflict, failed_precondition, invalid_argument, not_found
 from devkit.gmail_fake.mime import HeaderInfo, normalize_subject, snippet
 from devkit.gmail_fake.models import LabelColor
 
@@ -199,6 +199,8 @@ class MailStore:
         self._sequence = 0
         self._used_ids: set[int] = set()
         self._listeners: list[Callable[[Mailbox, HistoryRecord], None]] = []
+        # (address, message id) -> refusals left (None: for good); see `refuse`
+        self._refusals: dict[tuple[str, str], int | None] = {}
 
     # Mailboxes -------------------------------------------------------------
 
@@ -340,6 +342,32 @@ class MailStore:
             if message is None:
                 raise not_found()
             return message
+
+    def refuse(self, address: str, message_id: str, times: int | None = None) -> None:
+        """Answer messages.get of this message with 400 failedPrecondition (`times` times, or until
+        `serve` is called)."""
+        with self.lock:
+            if times is None or times > 0:
+                self._refusals[(address.lower(), message_id)] = times
+            else:
+                self._refusals.pop((address.lower(), message_id), None)
+
+    def serve(self, address: str, message_id: str) -> None:
+        self.refuse(address, message_id, 0)
+
+    def check_refusal(self, address: str, message_id: str) -> None:
+        """Raise the 400 if this message is refused right now (counting a limited refusal down)."""
+        with self.lock:
+            key = (address.lower(), message_id)
+            if key not in self._refusals:
+                return
+            left = self._refusals[key]
+            if left is not None:
+                if left <= 1:
+                    del self._refusals[key]
+                else:
+                    self._refusals[key] = left - 1
+            raise failed_precondition()
 
     def modify(
         self, address: str, message_id: str, *, add: Iterable[str] = (), remove: Iterable[str] = ()

@@ -109,7 +109,8 @@ class RawFetchResult:
 
     messages: list[GmailMessage] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
-    retried_parts: int = 0  # parts sent again after a rate-limit or 5xx answer inside a batch
+    refused: dict[str, str] = field(default_factory=dict)  # id -> Gmail's reason, still 4xx after the retries
+    retried_parts: int = 0  # parts sent again after a rate-limit, 5xx or 4xx answer inside a batch
     batches: int = 0
 
 

@@ -16,7 +16,11 @@ again after the largest Retry-After among them, 5xx parts after a doubling
 backoff; after `max_retry_rounds` consecutive rounds in which no part got
 through, `RateLimited` / `GmailServerError` is raised for the activity layer
 to retry (as it is for a Retry-After above `max_retry_after`); a 401 part
-(after the client's own refresh-and-resend) raises `AuthExpired`.
+(after the client's own refresh-and-resend) raises `AuthExpired`. A raw
+message answered with another 4xx (Gmail's `failedPrecondition`, sometimes
+passing, sometimes for good) is sent again like a 5xx part; if it is still
+refused after `max_refused_rounds` rounds it is reported as refused, so one
+message cannot hold back every other one.
 
 Single requests answered 429/403-rate are retried the same way; network
 errors and 5xx of single requests are raised at once (classified retryable):
@@ -48,6 +52,7 @@ from providers.gmail.errors import (
     HistoryExpired,
     NotFound,
     RateLimited,
+    RequestRejected,
     classify,
 )
 from providers.gmail.models import (
@@ -77,6 +82,7 @@ class _BatchOutcome:
     keys: list[str]
     answers: dict[str, Any] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)
+    refused: dict[str, str] = field(default_factory=dict)
     batches: int = 0
     retried_parts: int = 0
 
@@ -84,6 +90,18 @@ class _BatchOutcome:
 def _b64url_decode(data: str) -> bytes:
     # Gmail pads its base64url, but tolerate unpadded input rather than lose a message over '='.
     return base64.urlsafe_b64decode(data + "=" * (-len(data) % 4))
+
+
+def _raw_result(outcome: _BatchOutcome) -> RawFetchResult:
+    """Messages, 404s and refusals in request order."""
+    gone = set(outcome.missing)
+    return RawFetchResult(
+        messages=[_message_from_api(outcome.answers[k]) for k in outcome.keys if k in outcome.answers],
+        missing=[k for k in outcome.keys if k in gone],
+        refused={k: outcome.refused[k] for k in outcome.keys if k in outcome.refused},
+        retried_parts=outcome.retried_parts,
+        batches=outcome.batches,
+    )
 
 
 def _message_from_api(data: dict[str, Any]) -> GmailMessage:
@@ -135,6 +153,7 @@ class GmailSession:
         bucket: QuotaBucket | None = None,
         max_concurrency: int = 4,
         max_retry_rounds: int = 5,
+        max_refused_rounds: int = 2,
         max_retry_after: float = 30.0,
         server_error_backoff: float = 1.0,
         google_credentials: google.auth.credentials.Credentials | None = None,
@@ -145,6 +164,7 @@ class GmailSession:
         self.timeout = timeout
         self.bucket = bucket
         self.max_retry_rounds = max_retry_rounds
+        self.max_refused_rounds = max_refused_rounds
         self.max_retry_after = max_retry_after
         self.server_error_backoff = server_error_backoff
         self._max_concurrency = max_concurrency
@@ -284,7 +304,8 @@ class GmailSession:
         """Run one batch of `method` calls keyed by request id; returns (answers, keys answered 404).
 
         Parts answered with a rate limit or 5xx are sent again (in a smaller batch) after the wait;
-        any other failure of a part fails the call, classified.
+        so are raw messages refused with another 4xx, which end up in `counters.refused` when the
+        refusal outlasts the retries. Any other failure of a part fails the call, classified.
         """
         await self.open()
         pending = dict(parts)
@@ -308,6 +329,7 @@ class GmailSession:
             retry: dict[str, RequestFactory] = {}
             rate_limit: RateLimited | None = None
             server_error: ProviderError | None = None
+            rejected: dict[str, str] = {}
             for key, make in pending.items():
                 if key not in answers:
                     server_error = GmailServerError(f"batch {method}: no answer for part {key}")
@@ -327,6 +349,9 @@ class GmailSession:
                 elif isinstance(error, GmailServerError):
                     server_error = error
                     retry[key] = make
+                elif isinstance(error, RequestRejected) and method == "messages.get" and counters is not None:
+                    rejected[key] = str(error)
+                    retry[key] = make
                 else:
                     raise error from answer
             if not retry:
@@ -342,9 +367,12 @@ class GmailSession:
                 if not await self._rate_limited(rate_limit, rounds):
                     raise rate_limit
             else:
-                assert server_error is not None
-                if rounds >= self.max_retry_rounds:
+                if server_error is not None and rounds >= self.max_retry_rounds:
                     raise server_error
+                if server_error is None and rounds >= self.max_refused_rounds:
+                    assert counters is not None  # only refused parts are left: given up on, reported
+                    counters.refused.update(rejected)
+                    break
                 await asyncio.sleep(self.server_error_backoff * 2**rounds)
             rounds += 1
             pending = retry
@@ -393,18 +421,17 @@ class GmailSession:
 
     async def _batched(
         self, method: str, keys: Sequence[str], make: Callable[[str], RequestFactory]
-    ) -> tuple[dict[str, Any], list[str], int, int]:
-        """Every batch of `_stream`, merged: (answers, keys answered 404, batches sent, parts retried)."""
-        done: dict[str, Any] = {}
-        missing: list[str] = []
-        batches = retried = 0
+    ) -> _BatchOutcome:
+        """Every batch of `_stream`, merged into one outcome."""
+        merged = _BatchOutcome(list(keys))
         async with contextlib.aclosing(self._stream(method, keys, make)) as outcomes:
             async for outcome in outcomes:
-                done.update(outcome.answers)
-                missing.extend(outcome.missing)
-                batches += outcome.batches
-                retried += outcome.retried_parts
-        return done, missing, batches, retried
+                merged.answers.update(outcome.answers)
+                merged.missing.extend(outcome.missing)
+                merged.refused.update(outcome.refused)
+                merged.batches += outcome.batches
+                merged.retried_parts += outcome.retried_parts
+        return merged
 
     # API ---------------------------------------------------------------------
 
@@ -418,11 +445,11 @@ class GmailSession:
         listed = [GmailLabel.from_api(item) for item in data.get("labels") or ()]
         if not with_counts or not listed:
             return listed
-        detailed, _gone, _, _ = await self._batched(
+        detailed = (await self._batched(
             "labels.get",
             [label.id for label in listed],
             lambda label_id: lambda: self._labels.get(userId="me", id=label_id),
-        )
+        )).answers
         # A label deleted between list and get is dropped: it is gone from the mailbox too.
         return [GmailLabel.from_api(detailed[label.id]) for label in listed if label.id in detailed]
 
@@ -475,11 +502,11 @@ class GmailSession:
         keys = list(dict.fromkeys(thread_ids))
         if not keys:
             return {}
-        answers, _gone, _, _ = await self._batched(
+        answers = (await self._batched(
             "threads.get",
             keys,
             lambda thread_id: lambda: self._threads.get(userId="me", id=thread_id, format="minimal"),
-        )
+        )).answers
         return {
             thread_id: [message["id"] for message in answers[thread_id].get("messages") or ()]
             for thread_id in keys
@@ -491,19 +518,16 @@ class GmailSession:
         return lambda: messages.get(userId="me", id=message_id, format="raw")
 
     async def get_raw_messages(self, message_ids: Iterable[str]) -> RawFetchResult:
-        """Raw messages (exact bytes) in request order; ids the server answers 404 for go to `missing`."""
+        """Raw messages (exact bytes) in request order; ids the server answers 404 for go to `missing`,
+        ids it keeps refusing (4xx) to `refused`."""
         keys = list(dict.fromkeys(message_ids))
-        result = RawFetchResult()
         if not keys:
-            return result
+            return RawFetchResult()
         await self.open()
-        answers, missing, result.batches, result.retried_parts = await self._batched(
+        outcome = await self._batched(
             "messages.get", keys, lambda message_id: self._raw_request(self._messages, message_id)
         )
-        result.messages = [_message_from_api(answers[key]) for key in keys if key in answers]
-        gone = set(missing)
-        result.missing = [key for key in keys if key in gone]
-        return result
+        return _raw_result(outcome)
 
     async def iter_raw_messages(self, message_ids: Iterable[str]) -> AsyncIterator[RawFetchResult]:
         """`get_raw_messages` batch by batch, as each completes: persist and heartbeat while the rest fetch.
@@ -518,13 +542,7 @@ class GmailSession:
         stream = self._stream("messages.get", keys, lambda message_id: self._raw_request(self._messages, message_id))
         async with contextlib.aclosing(stream) as outcomes:
             async for outcome in outcomes:
-                gone = set(outcome.missing)
-                yield RawFetchResult(
-                    messages=[_message_from_api(outcome.answers[k]) for k in outcome.keys if k in outcome.answers],
-                    missing=[k for k in outcome.keys if k in gone],
-                    retried_parts=outcome.retried_parts,
-                    batches=outcome.batches,
-                )
+                yield _raw_result(outcome)
 
     async def history(
         self,

@@ -891,6 +891,8 @@ async def _verify_gmail(settings: Settings, conn: Any, acc: Any, as_json: bool, 
     out.print(table)
     out.print(f"{report.label_differences} label differences, {report.thread_differences} thread differences",
               highlight=False)
+    if report.unverified:
+        out.print(f"{report.unverified} stored message(s) Gmail refused to serve now: not compared", highlight=False)
     out.print("identical" if report.identical else "[red]NOT identical[/red]")
     return 0 if report.identical else 2
 

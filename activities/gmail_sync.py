@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import timezone
 
+from pydantic import BaseModel
 from temporalio import activity
 
 from activities.deps import Deps
@@ -19,12 +21,13 @@ from activities.errors import classified_errors
 from mail.parse import parse_many
 from providers.gmail import (
     GmailMessage, GmailSession, HistoryChange, LabelsAdded, LabelsRemoved, MessageAdded, MessageDeleted,
+    RequestRejected,
 )
 from store.accounts import get_account
 from store.gmail import (
-    clear_refused, current_labels, live_gmail_ids, mark_deleted, mirror_size, persist_gmail_messages,
-    record_refused, refusals, refused_ids, replace_label_members, set_message_labels, stored_gmail_ids,
-    thread_unthreaded, upsert_labels,
+    clear_listing, clear_refused, current_labels, delete_unlisted, mark_deleted, mirror_size, persist_gmail_messages,
+    record_refused, refusals, refused_ids, replace_label_members, set_message_labels, stage_listing,
+    stored_gmail_ids, thread_unthreaded, upsert_labels,
 )
 from workflows.models import (
     DescribeAccountResult, DiscoverInput, GmailFetchInput, GmailFetchResult, GmailHistoryInput, GmailHistoryResult,
@@ -37,6 +40,20 @@ _WRITE_GROUP = 100        # messages per write transaction at most
 _WRITE_GROUP_S = 1.0      # and at least this often: a crash refetches at most a second of quota
 _REFUSED_PER_PASS = 500   # messages Gmail refused before, asked for again by each pass
 _HISTORY_TYPES = ("messageAdded", "messageDeleted", "labelAdded", "labelRemoved")
+
+
+class _ReconcileCheckpoint(BaseModel):
+    """Where a reconcile stands (its heartbeat details): the scopes to list ('' = every message, then
+    each label id), the one being listed and its next page token; what is staged is in gmail_listing."""
+
+    run: str                # staged rows are this reconcile's own (gmail_listing.run)
+    scopes: list[str]
+    scope: int = 0
+    token: str | None = None
+    listed: int = 0
+    deleted: int = 0
+    changed: int = 0
+    resumed: bool = False  # set on the copy a retried attempt reads back
 
 
 @contextlib.asynccontextmanager
@@ -246,25 +263,58 @@ class GmailActivities:
     async def gmail_reconcile(self, inp: GmailReconcileInput) -> GmailReconcileResult:
         """Before a resync's listing: stored messages Gmail no longer lists are marked deleted, and every
         label's membership is rebuilt from `messages.list?labelIds=…` (5 units per 500 ids, where
-        fetching each message's labels would cost 5 units per message). New messages are the listing's job."""
-        listed: set[str] = set()
-        changed = 0
-        async with classified_errors(), _heartbeating(lambda: len(listed)):
+        fetching each message's labels would cost 5 units per message). New messages are the listing's job.
+
+        Resumable: each listed page is staged (gmail_listing) before the heartbeat records the next page
+        token, so a retried attempt goes on from there: a mailbox too big to list within one attempt's
+        timeout still gets through, an attempt at a time.
+        """
+        cp: _ReconcileCheckpoint | None = None
+        with contextlib.suppress(Exception):
+            cp = _ReconcileCheckpoint.model_validate(activity.info().heartbeat_details[0])
+            cp = cp.model_copy(update={"resumed": True})
+        # `cp` is replaced, never changed in place: the heartbeat task may send it at any moment, and
+        # what it sends must say "every page before `token` of scope `scope` is staged (and counted)"
+        async with classified_errors(), _heartbeating(lambda: cp):
             async with await self.deps.gmail_session(inp.account_id, inp.units_per_second) as gmail:
-                listed.update(await gmail.list_all_messages())
-                async with self.deps.pool.acquire() as conn:
-                    gone = await live_gmail_ids(conn, inp.account_id) - listed
-                    deleted, _ = await mark_deleted(conn, inp.account_id, gone)
-                for label in await gmail.labels(with_counts=False):
-                    members = set(await gmail.list_all_messages(label_ids=[label.id]))
+                if cp is None:
+                    cp = await self._begin_reconcile(gmail, inp.account_id)
+                while cp.scope < len(cp.scopes):
+                    label = cp.scopes[cp.scope]
+                    try:
+                        pairs, token = await gmail.list_messages(
+                            cp.token, label_ids=[label] if label else None, page_size=inp.page_size)
+                    except RequestRejected:
+                        if cp.token is None:
+                            raise
+                        activity.logger.info("reconcile of %s: page token refused, listing again", inp.account_id)
+                        cp = await self._begin_reconcile(gmail, inp.account_id)
+                        continue
+                    deleted = changed = 0
                     async with self.deps.pool.acquire() as conn:
-                        changed += await replace_label_members(conn, inp.account_id, label.id, members)
+                        await stage_listing(conn, inp.account_id, cp.run, label, [m for m, _ in pairs])
+                        if token is None:  # the scope is complete: apply it
+                            if label:
+                                changed = await replace_label_members(conn, inp.account_id, cp.run, label)
+                            else:
+                                deleted = (await delete_unlisted(conn, inp.account_id, cp.run))[0]
+                    cp = cp.model_copy(update={
+                        "scope": cp.scope + (token is None), "token": token,
+                        "listed": cp.listed + (0 if label else len(pairs)),
+                        "deleted": cp.deleted + deleted, "changed": cp.changed + changed,
+                    })
+                    activity.heartbeat(cp)
             async with self.deps.pool.acquire() as conn:
+                await clear_listing(conn, inp.account_id, cp.run)
                 stored, stored_bytes = await mirror_size(conn, inp.account_id)
             return GmailReconcileResult(
-                listed=len(listed), deleted=deleted, label_rows_changed=changed, stored=stored,
-                stored_bytes=stored_bytes,
+                listed=cp.listed, deleted=cp.deleted, label_rows_changed=cp.changed, stored=stored,
+                stored_bytes=stored_bytes, resumed=cp.resumed,
             )
+
+    async def _begin_reconcile(self, gmail: GmailSession, account_id: str) -> _ReconcileCheckpoint:
+        labels = [label.id for label in await gmail.labels(with_counts=False)]
+        return _ReconcileCheckpoint(run=uuid.uuid4().hex, scopes=["", *labels])
 
     @activity.defn
     async def gmail_watch(self, inp: GmailWatchInput) -> GmailWatchResult:

@@ -8,7 +8,8 @@ message fetched raw, 1 for labels.list):
   only), `thread_differences` (same id, another gmail_thread_id);
 - bytes: every server message fetched raw (batched) and its sha256 compared with messages.sha256
   of the row's message_pk, and the stored body itself (message_bodies.raw, hashed by PostgreSQL)
-  with that sha256: `mismatched` when either differs or the body is absent;
+  with that sha256: `mismatched` when either differs or the body is absent, `unverified` when Gmail
+  refuses to serve a stored message (400 failedPrecondition), so it cannot be compared;
 - labels: for every label, the ids Gmail lists under it against gmail_message_labels, over the
   messages present on both sides (a missing or extra message is counted once, above, not once per
   label): per label `missing` / `extra` assignments, summed as `label_differences`. Label ids the
@@ -50,6 +51,7 @@ class GmailVerifyReport:
     missing: int = 0
     extra: int = 0
     mismatched: int = 0             # other bytes than the server serves, or no stored body
+    unverified: int = 0             # stored, but Gmail refused to serve it for the comparison
     thread_differences: int = 0
     labels: list[LabelDiff] = field(default_factory=list)
 
@@ -59,7 +61,7 @@ class GmailVerifyReport:
 
     @property
     def identical(self) -> bool:
-        return not (self.missing or self.extra or self.mismatched or self.thread_differences
+        return not (self.missing or self.extra or self.mismatched or self.unverified or self.thread_differences
                     or self.label_differences)
 
     def as_dict(self) -> dict[str, Any]:
@@ -70,7 +72,8 @@ class GmailVerifyReport:
 
 
 async def _server_hashes(gmail: GmailSession, ids: Sequence[str]) -> tuple[dict[str, bytes], list[str]]:
-    """sha256 of the raw bytes of each message (batched fetch); and the ids gone since they were listed."""
+    """sha256 of the raw bytes of each message (batched fetch); and the ids gone since they were listed.
+    A message Gmail refuses to serve has no hash: it cannot be compared."""
     hashes: dict[str, bytes] = {}
     gone: list[str] = []
     async with contextlib.aclosing(gmail.iter_raw_messages(ids)) as batches:
@@ -113,7 +116,10 @@ async def verify_gmail_account(
         if row is None:
             report.missing += 1
             continue
-        if bytes(row["sha256"]) != server_hashes[message_id] or not row["body_ok"]:
+        served = server_hashes.get(message_id)
+        if served is None:  # stored, but Gmail refused to serve it (failedPrecondition) just now
+            report.unverified += 1
+        elif served != bytes(row["sha256"]) or not row["body_ok"]:
             report.mismatched += 1
         if row["gmail_thread_id"] != thread_id:
             report.thread_differences += 1

@@ -21,8 +21,9 @@ from store.pages import (
 )
 
 __all__ = [
-    "LabelSync", "current_labels", "live_gmail_ids", "mark_deleted", "mirror_size", "persist_gmail_messages",
-    "replace_label_members", "set_message_labels", "stored_gmail_ids", "thread_unthreaded", "upsert_labels",
+    "LabelSync", "Refusals", "clear_listing", "clear_refused", "current_labels", "delete_unlisted", "mark_deleted",
+    "mirror_size", "persist_gmail_messages", "record_refused", "refusals", "refused_ids", "replace_label_members",
+    "set_message_labels", "stage_listing", "stored_gmail_ids", "thread_unthreaded", "upsert_labels",
 ]
 
 
@@ -92,13 +93,6 @@ async def stored_gmail_ids(conn: asyncpg.Connection, account_id: str, ids: Itera
     return {r["gmail_id"] for r in rows}
 
 
-async def live_gmail_ids(conn: asyncpg.Connection, account_id: str) -> set[str]:
-    rows = await conn.fetch(
-        "SELECT gmail_id FROM gmail_messages WHERE account_id = $1 AND deleted_at IS NULL", account_id
-    )
-    return {r["gmail_id"] for r in rows}
-
-
 async def current_labels(conn: asyncpg.Connection, account_id: str, ids: Iterable[str]) -> dict[str, set[str]]:
     """Stored labels of these (live) messages; a live message without labels maps to an empty set."""
     wanted = sorted(set(ids))
@@ -141,23 +135,63 @@ async def set_message_labels(conn: asyncpg.Connection, account_id: str, labels: 
     return len(removed) + len(added)
 
 
-async def replace_label_members(conn: asyncpg.Connection, account_id: str, label_id: str, members: set[str]) -> int:
-    """One label's membership made exactly `members` (among live stored messages); returns rows changed."""
+async def clear_listing(conn: asyncpg.Connection, account_id: str, run: str) -> None:
+    """A reconcile's staged rows, and those of reconciles abandoned more than a day ago."""
+    await conn.execute(
+        """DELETE FROM gmail_listing WHERE account_id = $1
+             AND (run = $2 OR staged_at < now() - interval '1 day')""",
+        account_id, run,
+    )
+
+
+async def stage_listing(conn: asyncpg.Connection, account_id: str, run: str, scope: str, ids: Sequence[str]) -> None:
+    """One listed page of `scope` ('' for every message, else a label id), kept for reconcile `run`."""
+    if ids:
+        await conn.execute(
+            """INSERT INTO gmail_listing (account_id, run, scope, gmail_id)
+               SELECT $1, $2, $3, i FROM unnest($4::text[]) AS u(i) ORDER BY i ON CONFLICT DO NOTHING""",
+            account_id, run, scope, sorted(set(ids)),
+        )
+
+
+async def delete_unlisted(conn: asyncpg.Connection, account_id: str, run: str) -> tuple[int, int]:
+    """Stored live messages the complete listing (scope '') of `run` does not hold: deleted in Gmail."""
+    rows = await conn.fetch(
+        """SELECT g.gmail_id FROM gmail_messages g
+           WHERE g.account_id = $1 AND g.deleted_at IS NULL
+             AND NOT EXISTS (SELECT 1 FROM gmail_listing s
+                             WHERE s.account_id = $1 AND s.run = $2 AND s.scope = '' AND s.gmail_id = g.gmail_id)""",
+        account_id, run,
+    )
+    return await mark_deleted(conn, account_id, [r["gmail_id"] for r in rows])
+
+
+async def replace_label_members(conn: asyncpg.Connection, account_id: str, run: str, label_id: str) -> int:
+    """One label's membership made exactly its complete listing in `run` (scope = the label id), among
+    live stored messages; returns rows changed."""
     async with conn.transaction():
-        removed = await conn.fetch(
-            """DELETE FROM gmail_message_labels
-               WHERE account_id = $1 AND label_id = $2 AND NOT (gmail_id = ANY($3::text[])) RETURNING 1""",
-            account_id, label_id, sorted(members),
+        removed = await conn.fetchval(
+            """WITH d AS (
+                   DELETE FROM gmail_message_labels l
+                   WHERE l.account_id = $1 AND l.label_id = $3
+                     AND NOT EXISTS (SELECT 1 FROM gmail_listing s WHERE s.account_id = $1 AND s.run = $2
+                                     AND s.scope = $3 AND s.gmail_id = l.gmail_id)
+                   RETURNING 1)
+               SELECT count(*) FROM d""",
+            account_id, run, label_id,
         )
-        added = await conn.fetch(
-            """INSERT INTO gmail_message_labels (account_id, gmail_id, label_id)
-               SELECT $1, g.gmail_id, $2 FROM unnest($3::text[]) AS u(id)
-               JOIN gmail_messages g ON g.account_id = $1 AND g.gmail_id = u.id AND g.deleted_at IS NULL
-               ORDER BY g.gmail_id
-               ON CONFLICT DO NOTHING RETURNING 1""",
-            account_id, label_id, sorted(members),
+        added = await conn.fetchval(
+            """WITH a AS (
+                   INSERT INTO gmail_message_labels (account_id, gmail_id, label_id)
+                   SELECT $1, g.gmail_id, $3 FROM gmail_listing s
+                   JOIN gmail_messages g ON g.account_id = $1 AND g.gmail_id = s.gmail_id AND g.deleted_at IS NULL
+                   WHERE s.account_id = $1 AND s.run = $2 AND s.scope = $3
+                   ORDER BY g.gmail_id
+                   ON CONFLICT DO NOTHING RETURNING 1)
+               SELECT count(*) FROM a""",
+            account_id, run, label_id,
         )
-    return len(removed) + len(added)
+    return removed + added
 
 
 async def mark_deleted(conn: asyncpg.Connection, account_id: str, ids: Iterable[str]) -> tuple[int, int]:

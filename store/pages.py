@@ -321,7 +321,8 @@ async def reuse_stored(
 
     `heads` carry the header block (`BODY[HEADER]`) as `raw` and RFC822.SIZE as `size`. Returns the
     heads nothing matched: their bodies must be downloaded. Same header block and same size is
-    taken as the same message (the header holds Message-ID, Date and the Received trail).
+    taken as the same message (the header holds Message-ID, Date and the Received trail). A placed
+    message not threaded yet (its page's attempt died between writing and threading) is threaded here.
     """
     if not heads:
         return []
@@ -335,12 +336,14 @@ async def reuse_stored(
     known = {(bytes(r["header_sha256"]), r["size"]): r["id"] for r in rows}
     placed: list[tuple[int, int, list[str], datetime | None]] = []
     missing: list[FetchedMessage] = []
+    head_of: dict[int, bytes] = {}
     for m in heads:
         pk = known.get((keys[m.uid], m.size))
         if pk is None:
             missing.append(m)
         else:
             placed.append((m.uid, pk, m.flags, m.internaldate))
+            head_of[pk] = m.raw
     if placed:
         async with conn.transaction():
             await conn.execute(
@@ -358,4 +361,9 @@ async def reuse_stored(
                 "UPDATE messages SET deleted_at = NULL WHERE id = ANY($1::bigint[]) AND deleted_at IS NOT NULL",
                 [p[1] for p in placed],
             )
+        # written by an attempt that died before threading them: their header block is enough
+        unthreaded = await conn.fetch(
+            "SELECT id FROM messages WHERE id = ANY($1::bigint[]) AND thread_id IS NULL", sorted(head_of))
+        if unthreaded:
+            await thread_messages(conn, account_id, {r["id"]: parse_message(head_of[r["id"]]) for r in unthreaded})
     return missing

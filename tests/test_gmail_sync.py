@@ -8,6 +8,7 @@ quota against the fake's per-user sliding-window counters.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import itertools
@@ -589,3 +590,69 @@ async def test_a_message_gmail_refuses_is_left_out_recorded_and_fetched_once_ser
     assert p.failed == 0 and not (p.last_error or "").startswith("Gmail refuses")
     await assert_mirror(pool, fake, account)
     await handle.terminate()
+    # stored, then refused to verify: not compared, so not called identical
+    fake.refuse_message(account.user, stubborn)
+    unverified = await run_cli(env, "verify", account.id, "--json")
+    report = json.loads(unverified.stdout)
+    assert unverified.returncode == 2 and report["unverified"] == 1 and report["missing"] == 0, unverified.stdout
+    fake.serve_message(account.user, stubborn)
+
+
+async def test_reconcile_cut_short_resumes_from_its_last_page(
+    fake: GmailFake, pool: asyncpg.Pool, box: CredentialBox, client: Client, settings: Settings,
+) -> None:
+    """A resync's reconcile of a mailbox too big for one attempt: the listing is staged page by page and
+    a retried attempt goes on from the page its heartbeat recorded, not from the top."""
+    from temporalio.testing import ActivityEnvironment
+
+    from activities.deps import Deps
+    from activities.gmail_sync import GmailActivities
+    from workflows.models import GmailReconcileInput
+
+    account = await add_gmail_account(fake, pool, box, 80, seed=62)
+    await run_sync(client, account.id, tuning=FAST, timeout=300)
+    ids = fake.message_ids(account.user)
+    for gone in ids[:3]:
+        fake.delete_message(account.user, gone)
+    fake.modify_labels(account.user, ids[10], add=["STARRED"])
+    fake.modify_labels(account.user, ids[11], remove=["INBOX"])
+    activities = GmailActivities(Deps(pool, box, settings))
+    inp = GmailReconcileInput(account_id=account.id, units_per_second=FAST_QUOTA, page_size=10)
+
+    class Crash(Exception):
+        pass
+
+    beats: list[dict] = []
+
+    def crash_mid_listing(*details: object) -> None:
+        cp = details[0] if details else None
+        if cp is None:
+            return
+        beats.append(cp.model_dump())  # type: ignore[attr-defined]
+        if beats[-1]["scope"] == 0 and beats[-1]["listed"] >= 40:
+            raise Crash("worker lost")
+
+    first = ActivityEnvironment()
+    first.on_heartbeat = crash_mid_listing
+    fake.reset_stats()
+    with pytest.raises(Exception):
+        await first.run(activities.gmail_reconcile, inp)
+    listed_before_crash = fake.stats(account.user).calls["messages.list"]
+    assert beats[-1]["token"] and await pool.fetchval(
+        "SELECT count(*) FROM gmail_listing WHERE account_id = $1", account.id) >= 40
+
+    second = ActivityEnvironment()
+    second.info = dataclasses.replace(second.info, heartbeat_details=[beats[-1]])
+    fake.reset_stats()
+    result = await second.run(activities.gmail_reconcile, inp)
+    resumed_calls = fake.stats(account.user).calls["messages.list"]
+    assert result.resumed and result.deleted == 3 and result.label_rows_changed >= 2
+    assert result.listed == len(ids) - 3  # the pages before the crash counted once
+    assert await pool.fetchval("SELECT count(*) FROM gmail_listing WHERE account_id = $1", account.id) == 0
+    await assert_mirror(pool, fake, account)
+
+    fake.reset_stats()
+    fresh = await ActivityEnvironment().run(activities.gmail_reconcile, inp)
+    assert not fresh.resumed and fresh.deleted == 0 and fresh.label_rows_changed == 0
+    full_listing = fake.stats(account.user).calls["messages.list"]
+    assert resumed_calls <= full_listing - (listed_before_crash - 1)  # nothing before the crash listed again

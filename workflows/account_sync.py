@@ -250,6 +250,9 @@ class AccountSyncWorkflow:
         while waiting or running:
             while waiting and sum(m.lanes for m in running.values()) < limit and not self._auth_error:
                 folder = waiting.pop(0)
+                # nothing is lent to it before its own child reports (a row left `running` by an
+                # earlier attempt would draw a lend to a child that does not exist yet)
+                self._folders[folder.name] = FolderProgress(name=folder.name, role=folder.role)
                 task = asyncio.create_task(self._sync_folder(inp, folder, since))
                 running[self._folder_child_id(folder)] = _Mirroring(folder=folder, task=task)
             if self._auth_error:  # no point logging in again with a password the server just refused
@@ -258,7 +261,9 @@ class AccountSyncWorkflow:
                 break
             while (lend_to := self._lend_candidate(inp, running, limit, waiting)) is not None:
                 running[lend_to].lanes += 1
-                await self._lend(lend_to)
+                if not await self._lend(lend_to):
+                    running[lend_to].lanes -= 1
+                    break
             await workflow.wait_condition(
                 lambda: any(m.task.done() for m in running.values())
                 or self._lend_candidate(inp, running, limit, waiting) is not None
@@ -280,7 +285,8 @@ class AccountSyncWorkflow:
     ) -> str | None:
         """The running folder an idle connection should go to: the most messages left per connection,
         and more left than its connections already have in flight (one page each)."""
-        if waiting or self._auth_error or sum(m.lanes for m in running.values()) >= limit:
+        # only during the initial sync: later, backfills and IDLE watches hold connections of their own
+        if self._st.initial_done or waiting or self._auth_error or sum(m.lanes for m in running.values()) >= limit:
             return None
         best, best_share = None, 0.0
         for child_id, m in running.items():
@@ -292,11 +298,13 @@ class AccountSyncWorkflow:
                 best, best_share = child_id, left / m.lanes
         return best
 
-    async def _lend(self, child_id: str) -> None:
+    async def _lend(self, child_id: str) -> bool:
         try:
             await workflow.get_external_workflow_handle(child_id).signal(LEND_SIGNAL, 1)
-        except Exception:  # the folder finished meanwhile: its lanes come back when its result does
+        except Exception:  # the folder finished meanwhile
             workflow.logger.info("lending a connection to %s: it has finished", child_id)
+            return False
+        return True
 
     def _folder_child_id(self, folder: FolderRef) -> str:
         return f"{workflow.info().workflow_id}/folder/{folder.folder_id}"

@@ -34,6 +34,7 @@ class FolderSyncWorkflow:
         self._state: FolderState | None = None
         self._last_report = None
         self._lent = 0  # lanes signalled but not yet folded into the state
+        self._abandoning = False
 
     @workflow.query
     def progress(self) -> FolderProgress | None:
@@ -93,26 +94,37 @@ class FolderSyncWorkflow:
                     pages_this_run += 1
                 await self._report(inp)
             except _Restart:
-                await _abandon(running)
+                await self._abandon(running)
                 st = self._state = FolderState(
                     progress=FolderProgress(name=inp.folder.name, role=inp.folder.role, phase=FolderPhase.running),
                     restarts=st.restarts + 1, lanes=st.lanes,
                 )
                 continue
             except _FolderGone as gone:
-                await _abandon(running)
+                await self._abandon(running)
                 st.progress.phase = FolderPhase.failed
                 st.progress.error = f"folder disappeared on the server: {gone}"
                 st.pending.clear()
                 await self._report(inp, force=True)
                 return self._result(inp, st)
             except BaseException:
-                await _abandon(running)
+                await self._abandon(running)
                 raise
         st.progress.phase = FolderPhase.done
         st.progress.total = max(st.progress.total, st.progress.done)
         await self._report(inp, force=True)
         return self._result(inp, st)
+
+    async def _abandon(self, running: dict[int, asyncio.Task[PageSummary]]) -> None:
+        """Cancel the pages still in flight and wait until their activities have stopped: a page of the
+        old UIDVALIDITY must not write after the restart's plan, nor hold a connection the account
+        workflow has handed to another folder."""
+        self._abandoning = True
+        for task in running.values():
+            task.cancel()
+        await asyncio.gather(*running.values(), return_exceptions=True)
+        running.clear()
+        self._abandoning = False
 
     def _result(self, inp: FolderSyncInput, st: FolderState) -> FolderSyncResult:
         return FolderSyncResult(
@@ -156,9 +168,10 @@ class FolderSyncWorkflow:
                 return await workflow.execute_activity_method(
                     fn, arg, start_to_close_timeout=timeout, heartbeat_timeout=heartbeat,
                     retry_policy=ACTIVITY_RETRY,
+                    cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
                 )
             except ActivityError as err:
-                if isinstance(err.cause, CancelledError):  # abandoned: another page restarts the folder
+                if isinstance(err.cause, CancelledError) or self._abandoning:  # another page ends the folder
                     raise
                 kind = failure_type(err)
                 if kind == "UidValidityChanged":
@@ -186,11 +199,3 @@ class FolderSyncWorkflow:
 
 class _FolderGone(Exception):
     pass
-
-
-async def _abandon(running: dict[int, asyncio.Task[PageSummary]]) -> None:
-    """Cancel the pages still in flight and let them settle (their writes are idempotent)."""
-    for task in running.values():
-        task.cancel()
-    await asyncio.gather(*running.values(), return_exceptions=True)
-    running.clear()

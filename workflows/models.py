@@ -476,6 +476,7 @@ class GmailHistoryResult(BaseModel):
 class GmailReconcileInput(BaseModel):
     account_id: str
     units_per_second: float
+    page_size: int = 500                 # ids per messages.list page (Gmail's maximum)
 
 
 class GmailReconcileResult(BaseModel):
@@ -484,6 +485,7 @@ class GmailReconcileResult(BaseModel):
     label_rows_changed: int
     stored: int = 0                      # live messages in the mirror afterwards, and their bytes
     stored_bytes: int = 0
+    resumed: bool = False                # an attempt went on from where an earlier one stopped
 
 
 class GmailWatchInput(BaseModel):

@@ -863,6 +863,9 @@ async def _verify_imap(settings: Settings, conn: Any, acc: Any, as_json: bool, s
             table.add_row(f.folder, str(f.server), str(f.database), str(f.missing), str(f.extra),
                           str(f.mismatched), str(f.flag_differences))
         out.print(table)
+        if since is not None:
+            out.print(f"compared: mail on or after {since} (--window); older mail on the server is not checked",
+                      highlight=False)
         out.print("identical" if report.identical else "[red]NOT identical[/red]")
     return 0 if report.identical else 2
 
@@ -893,6 +896,8 @@ async def _verify_gmail(settings: Settings, conn: Any, acc: Any, as_json: bool, 
               highlight=False)
     if report.unverified:
         out.print(f"{report.unverified} stored message(s) Gmail refused to serve now: not compared", highlight=False)
+    if since is not None:
+        out.print(f"compared: mail on or after {since} (--window); older mail in Gmail is not checked", highlight=False)
     out.print("identical" if report.identical else "[red]NOT identical[/red]")
     return 0 if report.identical else 2
 

@@ -420,6 +420,8 @@ async def test_recent_window_first_then_backfill_in_the_background(
     checked = await run_cli(cli_env, "verify", account.id, "--window", window.isoformat(), "--json")
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert json.loads(checked.stdout)["totals"]["server"] == in_window
+    plain = await run_cli(cli_env, "verify", account.id, "--window", window.isoformat())
+    assert plain.returncode == 0 and f"on or after {window.isoformat()}" in plain.stdout, plain.stdout
     assert (await run_cli(cli_env, "verify", account.id)).returncode == 2
     await handle.terminate()
     lost = await pool.fetchval(

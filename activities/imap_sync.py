@@ -179,6 +179,7 @@ class ImapActivities:
         reused = len(heads) - len(missing)
         summary.fetched += reused
         summary.reused += reused
+        summary.reused_bytes += sum(h.size or 0 for h in heads) - sum(h.size or 0 for h in missing)
         summary.header_bytes += sum(len(h.raw) for h in heads)
         return [h.uid for h in missing]
 

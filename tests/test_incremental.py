@@ -191,6 +191,9 @@ async def test_uidvalidity_change_rebuilds_the_folder(
     # every body was already stored: matched by header key, none downloaded again
     assert sent.reused == len(served) and sent.new == 0, sent
     assert sent.downloaded_bytes < 0.5 * sum(len(raw) for _, raw in served), sent
+    # while the folder's progress row still says how much mail it holds, not what the rebuild downloaded
+    row = next(f for f in (await progress(handle)).folders if f.name == "Sent")
+    assert row.bytes == sum(len(raw) for _, raw in served) and row.downloaded == sent.downloaded_bytes, row
     after = await pool.fetchval("SELECT uidvalidity FROM folders WHERE account_id = $1 AND name = 'Sent'", account.id)
     assert after != before
     await assert_identical(pool, account)

@@ -412,7 +412,7 @@ class AccountSyncWorkflow:
                 for r in await self._mirror_folders(inp, rebuild):
                     result.folders.append(FolderChanges(
                         folder=r.folder.name, new=r.progress.done - r.progress.reused, rebuilt=True,
-                        reused=r.progress.reused, downloaded_bytes=r.progress.bytes,
+                        reused=r.progress.reused, downloaded_bytes=r.progress.downloaded,
                         error=r.progress.error if r.progress.phase == FolderPhase.failed else None,
                     ))
             if self._auth_error:
@@ -485,7 +485,7 @@ class AccountSyncWorkflow:
         for r in await self._mirror_folders(inp, [c.folder for c in self._st.cursors.values()]):
             result.folders.append(FolderChanges(
                 folder=r.folder.name, new=r.progress.done - r.progress.reused, rebuilt=True,
-                reused=r.progress.reused, downloaded_bytes=r.progress.bytes,
+                reused=r.progress.reused, downloaded_bytes=r.progress.downloaded,
             ))
         result.finished_at = workflow.now()
         await self._activity(

@@ -87,7 +87,8 @@ class FolderSyncWorkflow:
                     st.progress.done += summary.fetched
                     st.progress.total -= min(summary.vanished, page.count)
                     st.progress.failed += summary.parse_errors
-                    st.progress.bytes += summary.bytes + summary.header_bytes
+                    st.progress.bytes += summary.bytes + summary.reused_bytes
+                    st.progress.downloaded += summary.bytes + summary.header_bytes
                     st.progress.reused += summary.reused
                     st.progress.error = None
                     st.pages_done += 1

@@ -93,6 +93,7 @@ class PageSummary(BaseModel):
     parse_errors: int = 0
     vanished: int = 0                # planned UIDs expunged before we fetched them
     reused: int = 0                  # placed from bodies already stored, not downloaded
+    reused_bytes: int = 0            # their sizes (RFC822.SIZE)
     header_bytes: int = 0            # header blocks fetched to find those
     resumed_from: int | None = None  # set when a retried attempt skipped work a previous one persisted
 
@@ -117,7 +118,8 @@ class FolderProgress(BaseModel):
     total: int = 0
     done: int = 0
     failed: int = 0                  # messages stored raw but flagged unparseable
-    bytes: int = 0                   # downloaded: bodies, plus header blocks when matching stored ones
+    bytes: int = 0                   # mirrored: bodies downloaded or found stored (what the folder holds)
+    downloaded: int = 0              # bytes downloaded: bodies, plus header blocks when matching stored ones
     reused: int = 0                  # messages placed from bodies already stored
     error: str | None = None
     updated_at: datetime | None = None

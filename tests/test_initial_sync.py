@@ -21,7 +21,7 @@ from workflows.account_sync import AccountSyncWorkflow, account_workflow_id
 from workflows.models import AccountPhase
 
 from conftest import (
-    REPO, TEST_TUNING, AccountFactory, run_cli, run_sync, server_messages, sha256, sync_while_killing_workers,
+    REPO, TEST_TUNING, AccountFactory, run_cli, run_sync, server_messages, sha256, sync_while_killing_workers, until,
     verify,
 )
 
@@ -261,3 +261,33 @@ async def test_worker_killed_repeatedly_mid_sync(
         "SELECT count(*) FROM (SELECT sha256 FROM messages WHERE account_id = $1 GROUP BY sha256 HAVING count(*) > 1) d",
         account.id)
     assert dup == 0
+
+
+async def test_rate_leaves_out_the_time_spent_waiting_for_credentials(
+    make_account: AccountFactory, pool: asyncpg.Pool, client: Client, cli_env: dict[str, str], dovecot,  # type: ignore[no-untyped-def]
+) -> None:
+    import time
+
+    from workflows.models import AccountSyncInput
+
+    account = await make_account(corpus(40, seed=23))
+    dovecot.set_password(account.username, "rotated-pw")  # before the first login: parked in the initial sync
+    started = time.monotonic()
+    handle = await client.start_workflow(
+        AccountSyncWorkflow.run, AccountSyncInput(account_id=account.id, tuning=TEST_TUNING),
+        id=account_workflow_id(account.id), task_queue="mailsync-test",
+    )
+
+    async def phase_is(phase: AccountPhase) -> bool:
+        return (await handle.query(AccountSyncWorkflow.progress)).phase == phase
+
+    assert await until(lambda: phase_is(AccountPhase.auth_failed))
+    await asyncio.sleep(4)
+    updated = await run_cli(cli_env, "account", "update", account.id, "--password-stdin", input="rotated-pw\n")
+    assert updated.returncode == 0, updated.stderr
+    assert await until(lambda: phase_is(AccountPhase.idle), timeout=60)
+    wall = time.monotonic() - started
+    p = await handle.query(AccountSyncWorkflow.progress)
+    assert p.done == p.total == 40
+    assert p.messages_per_second > 2 * p.done / wall, (p.messages_per_second, wall)  # the 4 s parked do not count
+    await handle.terminate()

@@ -91,7 +91,7 @@ class AccountSyncWorkflow:
         stamps = [f.updated_at for f in p.folders if f.updated_at]
         p.updated_at = max(stamps) if stamps else p.started_at
         if p.started_at and p.updated_at and p.done and not self._st.initial_done:
-            elapsed = (p.updated_at - p.started_at).total_seconds()
+            elapsed = (p.updated_at - p.started_at).total_seconds() - self._st.parked_seconds
             if elapsed > 0:
                 p.messages_per_second = round(p.done / elapsed, 1)
                 p.eta_seconds = round(max(0, p.total - p.done) / p.messages_per_second, 1)
@@ -608,7 +608,9 @@ class AccountSyncWorkflow:
         self._publish(phase)
         reason = self._auth_error or "authentication failed"
         await self._set_status(inp.account_id, phase.value, reason)
+        parked = workflow.now()
         await workflow.wait_condition(lambda: self._credentials_updated)
+        self._st.parked_seconds += (workflow.now() - parked).total_seconds()
         self._auth_error = None
         self._progress.last_error = None
         await self._set_status(inp.account_id, "active", None)

@@ -265,6 +265,7 @@ class AccountState(BaseModel):
     resync: bool = False
     started_at: datetime | None = None
     initial_rate: float = 0.0        # messages/s of the initial sync, kept for status displays
+    parked_seconds: float = 0.0      # spent waiting for new credentials: not part of the rate
     backfill_queue: list[FolderRef] = Field(default_factory=list)
     backfill_running: list[str] = Field(default_factory=list)   # folder names
     backfill_since: date | None = None

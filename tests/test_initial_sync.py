@@ -291,3 +291,42 @@ async def test_rate_leaves_out_the_time_spent_waiting_for_credentials(
     assert p.done == p.total == 40
     assert p.messages_per_second > 2 * p.done / wall, (p.messages_per_second, wall)  # the 4 s parked do not count
     await handle.terminate()
+
+
+async def test_uidvalidity_change_with_two_pages_in_flight_leaves_no_stale_rows(
+    make_account: AccountFactory, pool: asyncpg.Pool, client: Client,
+) -> None:
+    """The big folder is recreated (a new UIDVALIDITY) in the middle of its sync, with a connection lent
+    to it: it starts over and ends exact, with no location of the old UIDVALIDITY left (a page still in
+    flight at the restart is cancelled and awaited first, so it cannot write one after the new plan)."""
+    from workflows.models import AccountSyncInput
+
+    messages = (corpus(2000, seed=24, folders=("Big",), max_attachment_bytes=20_000)
+                + corpus(10, seed=25, folders=("Small",)))
+    account = await make_account(messages)
+    tuning = TEST_TUNING.model_copy(update={"page_size": 25, "chunk_size": 25, "pages_per_run": 500})
+    handle = await client.start_workflow(
+        AccountSyncWorkflow.run, AccountSyncInput(account_id=account.id, tuning=tuning, live=False),
+        id=account_workflow_id(account.id), task_queue="mailsync-test",
+    )
+    stored = lambda: pool.fetchval(  # noqa: E731
+        """SELECT count(*) FROM message_locations l JOIN folders f ON f.id = l.folder_id
+           WHERE f.account_id = $1 AND f.name = 'Big'""", account.id)
+
+    async def big_underway() -> bool:
+        return await stored() >= 100
+
+    assert await until(big_underway, timeout=60, every=0.02)
+    c = account.imap()
+    try:  # same messages, new UIDVALIDITY
+        c.create('"Big2"')
+        c.select('"Big"')
+        c.uid("COPY", "1:*", '"Big2"')
+        c.close()
+        c.delete('"Big"')
+        c.rename('"Big2"', '"Big"')
+    finally:
+        c.logout()
+    assert await stored() < 2000  # recreated mid-sync
+    await asyncio.wait_for(handle.result(), 120)
+    await assert_exact_mirror(pool, account)  # verify counts a location of another UIDVALIDITY as extra

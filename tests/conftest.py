@@ -219,6 +219,20 @@ async def verify(pool: asyncpg.Pool, account: TestAccount) -> VerifyReport:
         return await verify_account(conn, session, account.id)
 
 
+def recreate_folder(account: TestAccount, name: str) -> None:
+    """The folder deleted and created again with the same messages: a new UIDVALIDITY."""
+    c = account.imap()
+    try:
+        c.create(f'"{name}-recreated"')
+        c.select(f'"{name}"')
+        c.uid("COPY", "1:*", f'"{name}-recreated"')
+        c.close()
+        c.delete(f'"{name}"')
+        c.rename(f'"{name}-recreated"', f'"{name}"')
+    finally:
+        c.logout()
+
+
 def server_messages(account: TestAccount) -> dict[str, list[tuple[int, bytes]]]:
     """Every folder's (UID, exact bytes) as the server serves them, read with the stdlib client."""
     conn = account.imap()

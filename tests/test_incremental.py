@@ -26,7 +26,9 @@ from store.crypto import CredentialBox
 from workflows.account_sync import AccountSyncWorkflow, account_workflow_id
 from workflows.models import AccountPhase, AccountProgress, AccountSyncInput, PassResult, SyncTuning
 
-from conftest import TEST_TUNING, AccountFactory, TestAccount, run_cli, server_messages, until, verify
+from conftest import (
+    TEST_TUNING, AccountFactory, TestAccount, recreate_folder, run_cli, server_messages, until, verify,
+)
 from conftest import start_live as live_workflow
 
 pytestmark = pytest.mark.usefixtures("worker")
@@ -166,16 +168,7 @@ async def test_uidvalidity_change_rebuilds_the_folder(
     account = await make_account(corpus(60, seed=33, folders=("INBOX", "Sent")))
     handle = await start_live(client, account.id)
     before = await pool.fetchval("SELECT uidvalidity FROM folders WHERE account_id = $1 AND name = 'Sent'", account.id)
-    c = account.imap()
-    try:  # recreate the mailbox with the same messages: a new UIDVALIDITY
-        c.create('"Sent2"')
-        c.select('"Sent"')
-        c.uid("COPY", "1:*", '"Sent2"')
-        c.close()
-        c.delete('"Sent"')
-        c.rename('"Sent2"', '"Sent"')
-    finally:
-        c.logout()
+    recreate_folder(account, "Sent")
     # as left by an attempt that wrote a page and died before threading it: placed again by header
     # key, they are threaded then
     await pool.execute(

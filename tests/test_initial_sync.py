@@ -21,8 +21,8 @@ from workflows.account_sync import AccountSyncWorkflow, account_workflow_id
 from workflows.models import AccountPhase
 
 from conftest import (
-    REPO, TEST_TUNING, AccountFactory, run_cli, run_sync, server_messages, sha256, sync_while_killing_workers, until,
-    verify,
+    REPO, TEST_TUNING, AccountFactory, recreate_folder, run_cli, run_sync, server_messages, sha256,
+    sync_while_killing_workers, until, verify,
 )
 
 pytestmark = pytest.mark.usefixtures("worker")
@@ -317,16 +317,7 @@ async def test_uidvalidity_change_with_two_pages_in_flight_leaves_no_stale_rows(
         return await stored() >= 100
 
     assert await until(big_underway, timeout=60, every=0.02)
-    c = account.imap()
-    try:  # same messages, new UIDVALIDITY
-        c.create('"Big2"')
-        c.select('"Big"')
-        c.uid("COPY", "1:*", '"Big2"')
-        c.close()
-        c.delete('"Big"')
-        c.rename('"Big2"', '"Big"')
-    finally:
-        c.logout()
+    recreate_folder(account, "Big")
     assert await stored() < 2000  # recreated mid-sync
     await asyncio.wait_for(handle.result(), 120)
     await assert_exact_mirror(pool, account)  # verify counts a location of another UIDVALIDITY as extra

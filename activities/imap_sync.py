@@ -142,16 +142,17 @@ class ImapActivities:
                     writes: deque[tuple[asyncio.Task[PageWriteResult], int]] = deque()
                     unthreaded: dict[int, ParsedMessage] = {}
 
-                    async def settle_oldest(*, last: bool = False) -> None:
+                    async def settle_oldest() -> None:
                         task, lowest = writes.popleft()
                         unthreaded.update((await task).written)
-                        if not unthreaded or len(unthreaded) >= _THREAD_EVERY or (last and not writes):
-                            if unthreaded:
-                                await self._thread(inp, unthreaded)
-                                unthreaded.clear()
-                            # settled in fetch order, so every UID above `lowest` is stored and threaded
-                            progress["below"] = lowest
-                            activity.heartbeat(lowest)
+                        if unthreaded and len(unthreaded) < _THREAD_EVERY and writes:
+                            return  # threaded with the chunks after it; the resume point stays
+                        if unthreaded:
+                            await self._thread(inp, unthreaded)
+                            unthreaded.clear()
+                        # settled in fetch order, so every UID above `lowest` is stored and threaded
+                        progress["below"] = lowest
+                        activity.heartbeat(lowest)
 
                     try:
                         for chunk in chunks:
@@ -161,7 +162,7 @@ class ImapActivities:
                                 await settle_oldest()
                             writes.append((asyncio.create_task(self._write(inp, fetched, summary)), min(chunk)))
                         while writes:
-                            await settle_oldest(last=True)
+                            await settle_oldest()
                     finally:
                         for task, _ in writes:
                             task.cancel()

@@ -196,24 +196,15 @@ async def bench(n: int, seed: int, max_attachment: int) -> dict[str, float | int
         sampler.start()
         machine = _busy_cores()
         tuning = SyncTuning()  # production defaults (page size, chunk size, 2 connections)
-        start = time.perf_counter()
-        handle = await env.client.start_workflow(
+        start, started_at = time.perf_counter(), time.time()
+        result = await env.client.execute_workflow(
             AccountSyncWorkflow.run, AccountSyncInput(account_id="bench", tuning=tuning, live=False),
             id="account-sync/bench", task_queue="bench",
         )
-        timeline = asyncio.create_task(_folder_timeline(handle, start))
-        result = await handle.result()
         sync_s = time.perf_counter() - start
-        timeline.cancel()
-        await asyncio.gather(timeline, return_exceptions=True)
-        await _print_pages(env.client)
-        for name, (n, first, last) in _SPANS.items():
-            _SPANS[name] = (n, first, sync_s if last < 0 else last)  # done after the last poll
-        print("folders (messages: first progress .. done, seconds after start): " + ", ".join(
-            f"{name} {n}: {a:.1f}..{b:.1f}" for name, (n, a, b) in sorted(_SPANS.items(), key=lambda kv: kv[1][1])
-        ), flush=True)
         cpu = sampler.stop()
         sync_busy = machine()
+        await _print_pages(env.client, started_at)  # after the CPU sampling: reading histories costs too
         p = result.progress
         stored = await pool.fetchrow(
             "SELECT count(*) AS n, coalesce(sum(size), 0) AS b FROM messages WHERE account_id = 'bench'")
@@ -255,13 +246,11 @@ async def bench(n: int, seed: int, max_attachment: int) -> dict[str, float | int
         shutil.rmtree(root, ignore_errors=True)
 
 
-_SPANS: dict[str, tuple[int, float, float]] = {}
-
-
-async def _print_pages(client) -> None:  # type: ignore[no-untyped-def]
-    """Per folder child, from its history: each activity's seconds and the worker process (pid) that
-    ran it, and the idle time between one activity's end and the next one's start (negative: two
-    pages in flight at once, on a lent connection)."""
+async def _print_pages(client, started_at: float) -> None:  # type: ignore[no-untyped-def]
+    """Per folder child, from its history: when its first activity started and its last one ended
+    (seconds after the sync started: the critical path), each activity's seconds and the worker process
+    (pid) that ran it, and the idle time between one activity's end and the next one's start
+    (negative: two pages in flight at once, on a lent connection)."""
     async for wf in client.list_workflows("WorkflowId STARTS_WITH 'account-sync/bench/folder/'"):
         history = await client.get_workflow_handle(wf.id, run_id=wf.run_id).fetch_history()
         started: dict[int, tuple[float, str]] = {}
@@ -274,30 +263,12 @@ async def _print_pages(client) -> None:  # type: ignore[no-untyped-def]
             elif e.HasField("activity_task_completed_event_attributes"):
                 begun, pid = started[e.activity_task_completed_event_attributes.scheduled_event_id]
                 spans.append((begun, at, pid))
+        if not spans:
+            continue
         spans.sort()
-        print(f"  {wf.id} (run {wf.run_id[-6:]}): " + " ".join(f"{b - a:.2f}s@{pid}" for a, b, pid in spans)
+        window = f"{spans[0][0] - started_at:.1f}..{max(b for _, b, _ in spans) - started_at:.1f} s"
+        print(f"  {wf.id} (run {wf.run_id[-6:]}, {window}): " + " ".join(f"{b - a:.2f}s@{pid}" for a, b, pid in spans)
               + " | gaps " + " ".join(f"{n[0] - p[1]:.3f}" for p, n in zip(spans, spans[1:])), flush=True)
-
-
-async def _folder_timeline(handle, start: float) -> None:  # type: ignore[no-untyped-def]
-    """When each folder showed its first progress and when it was done (the critical path)."""
-    from workflows.account_sync import AccountSyncWorkflow
-    from workflows.models import FolderPhase
-
-    while True:
-        try:
-            p = await handle.query(AccountSyncWorkflow.progress)
-        except Exception:
-            p = None
-        now = time.perf_counter() - start
-        for f in (p.folders if p else []):
-            n, first, last = _SPANS.get(f.name, (0, -1.0, -1.0))
-            if first < 0 and f.done:
-                first = now
-            if f.phase == FolderPhase.done and last < 0:
-                last = now
-            _SPANS[f.name] = (f.total, first, last)
-        await asyncio.sleep(0.1)
 
 
 def main() -> None:

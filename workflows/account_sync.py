@@ -57,6 +57,11 @@ class _Mirroring:
     lanes: int = 1
 
 
+def _lanes(running: dict[str, _Mirroring]) -> int:
+    """Connections the folders being mirrored hold."""
+    return sum(m.lanes for m in running.values())
+
+
 @workflow.defn
 class AccountSyncWorkflow:
     @workflow.init
@@ -248,7 +253,7 @@ class AccountSyncWorkflow:
         running: dict[str, _Mirroring] = {}  # by child workflow id
         results: list[FolderSyncResult] = []
         while waiting or running:
-            while waiting and sum(m.lanes for m in running.values()) < limit and not self._auth_error:
+            while waiting and _lanes(running) < limit and not self._auth_error:
                 folder = waiting.pop(0)
                 # nothing is lent to it before its own child reports (a row left `running` by an
                 # earlier attempt would draw a lend to a child that does not exist yet)
@@ -286,7 +291,7 @@ class AccountSyncWorkflow:
         """The running folder an idle connection should go to: the most messages left per connection,
         and more left than its connections already have in flight (one page each)."""
         # only during the initial sync: later, backfills and IDLE watches hold connections of their own
-        if self._st.initial_done or waiting or self._auth_error or sum(m.lanes for m in running.values()) >= limit:
+        if self._st.initial_done or waiting or self._auth_error or _lanes(running) >= limit:
             return None
         best, best_share = None, 0.0
         for child_id, m in running.items():

@@ -27,7 +27,9 @@ _HEADERS = email.parser.BytesParser(policy=email.policy.compat32)
 # A header field name as the feed parser accepts it: printable ASCII except ':' (and no space).
 # A field: its name (printable ASCII but ':', as the feed parser accepts it), then its value with any
 # continuation lines (starting with a blank), each line ending in CRLF.
-_FIELD_RE = re.compile(r"([\x21-\x39\x3b-\x7e]++):([^\r\n]*+(?:\r\n[ \t][^\r\n]*+)*+)\r\n")
+_FIELD = r"([\x21-\x39\x3b-\x7e]++):([^\r\n]*+(?:\r\n[ \t][^\r\n]*+)*+)\r\n"
+_FIELD_RE = re.compile(_FIELD)
+_FIELDS_RE = re.compile(f"(?:{_FIELD})*+")  # a block made of fields only, nothing left over
 # The common shapes of an address list, parsed here exactly as email.utils.getaddresses would:
 # `addr-spec`, `phrase <addr-spec>`, `<addr-spec>`, separated by commas. Anything else (comments,
 # groups, routes, backslashes, whitespace inside an address, empty items) goes to getaddresses.
@@ -76,8 +78,8 @@ class ParsedMessage:
 
 def clean_text(value: str | None) -> str | None:
     """PostgreSQL text cannot hold NUL or lone surrogates, which malformed headers produce."""
-    if value is None:
-        return None
+    if value is None or (value.isascii() and "\x00" not in value):
+        return value
     value = value.replace("\x00", "")
     return value.encode("utf-8", "replace").decode("utf-8")
 
@@ -111,6 +113,8 @@ def normalize_address(addr: str) -> str:
 
 def _addresses(values: list[str]) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
+    if not values:
+        return out
     for display, addr in _getaddresses(", ".join(values)):
         addr = normalize_address(addr)
         if "@" in addr:
@@ -222,14 +226,45 @@ def _simple_fields(block: bytes) -> list[tuple[str, str]] | None:
     if not block.endswith(b"\r\n") or not block.isascii():
         return None
     text = block.decode("ascii")
-    crlf = text.count("\r\n")
-    if text.count("\r") != crlf or text.count("\n") != crlf:
+    # The fields must tile the block: a line that is no field (or a leading continuation) is left
+    # over, and a bare CR or LF fits no field (a field's lines hold neither, and end in CRLF).
+    if _FIELDS_RE.fullmatch(text) is None:
         return None
-    found = _FIELD_RE.findall(text)
-    # the fields must tile the block: a line that is no field (or a leading continuation) is left over
-    if sum(len(name) + len(value) for name, value in found) + 3 * len(found) != len(text):
-        return None
-    return [(name, (value + "\r\n").lstrip(" \t").rstrip("\r\n")) for name, value in found]
+    # A value never ends in a line end here (each line of it ends in CRLF, the last one outside the
+    # match), so compat32's `(lines joined).lstrip(" \t").rstrip("\r\n")` is a left strip.
+    return [(name, value.lstrip(" \t")) for name, value in _FIELD_RE.findall(text)]
+
+
+@dataclass(frozen=True)
+class _ContentType:
+    """What the snippet walker and the MIME checks ask of a Content-Type field, as compat32 answers."""
+
+    ctype: str
+    maintype: str
+    boundary: object  # get_param("boundary"): str, an RFC 2231 tuple, or None
+    charset: str | None
+
+
+def _content_type(msg: Message) -> _ContentType:
+    """compat32's answers for `msg`: they depend on its first Content-Type value only (its default
+    type is always text/plain here, each part being parsed on its own). A plain-str value (almost
+    every part) is answered from a cache: content types and charsets repeat from message to message."""
+    value = msg.get("content-type")
+    if type(value) is str:
+        return _content_type_of(value)
+    return _ask(msg)
+
+
+@lru_cache(maxsize=4096)
+def _content_type_of(value: str) -> _ContentType:
+    probe = Message()
+    probe["Content-Type"] = value
+    return _ask(probe)
+
+
+def _ask(msg: Message) -> _ContentType:
+    return _ContentType(msg.get_content_type(), msg.get_content_maintype(), msg.get_param("boundary"),
+                        msg.get_content_charset())
 
 
 def _split_head(part: bytes) -> tuple[Message, bytes]:
@@ -253,7 +288,7 @@ def _leaf_text(head: Message, body: bytes) -> str:
             pass
     elif cte == "quoted-printable":
         body = binascii.a2b_qp(body)
-    charset = head.get_content_charset() or "utf-8"
+    charset = _content_type(head).charset or "utf-8"
     try:
         return body.decode(charset, "replace")
     except LookupError:
@@ -266,12 +301,13 @@ def _first_text(head: Message, body: bytes, depth: int = 0) -> tuple[str | None,
     Splitting on the boundary line instead of running the feed parser over the whole body keeps the
     snippet cheap (it is computed for every message of every page).
     """
-    ctype = head.get_content_type()
+    info = _content_type(head)
+    ctype = info.ctype
     if ctype == "text/plain":
         return _leaf_text(head, body), None
     if ctype == "text/html":
         return None, _leaf_text(head, body)
-    boundary = head.get_param("boundary") if head.get_content_maintype() == "multipart" else None
+    boundary = info.boundary if info.maintype == "multipart" else None
     if not isinstance(boundary, str) or not boundary or depth > 4:
         return None, None
     html: str | None = None
@@ -348,9 +384,10 @@ def _collapse(text: str, *, html: bool) -> str:
 
 def _mime_problems(head: Message, raw: bytes, body_start: int) -> list[str]:
     """The structural defects the feed parser would report, found without a full MIME walk."""
-    if head.get_content_maintype() != "multipart":
+    info = _content_type(head)
+    if info.maintype != "multipart":
         return []
-    boundary = head.get_param("boundary")
+    boundary = info.boundary
     if not isinstance(boundary, str) or not boundary:
         return ["NoBoundaryInMultipartDefect"]
     delimiter = b"--" + boundary.encode("ascii", "replace")

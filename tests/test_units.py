@@ -271,3 +271,42 @@ def test_internaldate_parsed_as_strptime_does() -> None:
     for text in cases:
         ours, theirs = parse_internaldate(text), strptime(text)
         assert ours == theirs and (ours is None or ours.utcoffset() == theirs.utcoffset()), text  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("block", [
+    b"Content-Type: text/plain; CHARSET=\"ISO-8859-1\"\r\n",
+    b"Content-Type: Multipart/Mixed; boundary*=''%3Dabc\r\n",
+    b"Content-Type: multipart/mixed;\r\n boundary=\"a;b\"; charset=utf-8\r\n",
+    b"Content-Type: text\r\n",
+    b"Content-Type: text/html; charset=x-unknown\r\nContent-Type: text/plain\r\n",
+    b"X-Other: 1\r\n",
+    b"Content-Type: text/plain; charset=\"caf\xc3\xa9\"\r\n",  # 8-bit: the feed parser's Message
+])
+def test_content_type_answers_are_compat32s(block: bytes) -> None:
+    """The cached Content-Type answers equal what compat32's Message methods say for the same part."""
+    from email.parser import BytesParser
+    from email.policy import compat32
+
+    from mail.parse import _content_type, _split_head
+
+    head, _ = _split_head(block + b"\r\nbody")
+    reference = BytesParser(policy=compat32).parsebytes(block, headersonly=True)
+    for _ in range(2):  # the second answer comes from the cache
+        info = _content_type(head)
+        assert (info.ctype, info.maintype, info.boundary, info.charset) == (
+            reference.get_content_type(), reference.get_content_maintype(), reference.get_param("boundary"),
+            reference.get_content_charset(),
+        )
+
+
+@pytest.mark.parametrize("block", [
+    b"Subject: a\rb\r\nFrom: x@y\r\n", b"Subject: a\nb\r\nFrom: x@y\r\n", b" Subject: a\r\nFrom: x@y\r\n",
+    b"From x@y\r\nSubject: a\r\n", b"Subject: a\r\nFrom: x@y",
+])
+def test_header_blocks_the_fast_split_cannot_read_go_to_the_feed_parser(block: bytes) -> None:
+    from mail.parse import _simple_fields
+
+    assert _simple_fields(block) is None
+    assert _simple_fields(b"Subject: a\r\n  b\r\nFrom:x@y\r\nTo: \r\n") == [
+        ("Subject", "a\r\n  b"), ("From", "x@y"), ("To", ""),
+    ]

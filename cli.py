@@ -17,14 +17,14 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
+from rich.table import Column, Table
 
 from config import Settings, get_settings
 
 T = TypeVar("T")
 
 app = typer.Typer(help="Mirror email accounts into PostgreSQL, durably, on Temporal.", no_args_is_help=True)
-account_app = typer.Typer(help="Add and list accounts.", no_args_is_help=True)
+account_app = typer.Typer(help="Add, list, update and remove accounts.", no_args_is_help=True)
 account_add_app = typer.Typer(help="Add an account.", no_args_is_help=True)
 sync_app = typer.Typer(help="Start and watch syncs.", no_args_is_help=True)
 db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
@@ -41,6 +41,11 @@ err = Console(stderr=True, soft_wrap=True)
 
 class CliError(Exception):
     """A failure the user can act on: printed as one line, exit code 1."""
+
+
+def _id_column(header: str, ids: list[str]) -> Column:
+    """Account ids are what users copy into the next command: never cut, whatever the terminal width."""
+    return Column(header, no_wrap=True, min_width=max([len(header), *map(len, ids)]))
 
 
 def _exit(code: int) -> NoReturn:
@@ -292,7 +297,8 @@ def account_list(as_json: bool = typer.Option(False, "--json", help="machine-rea
         if as_json:
             out.print_json(json.dumps(rows, default=str))
             return 0
-        table = Table("id", "provider", "address", "status", "folders", "messages", "MB")
+        table = Table(_id_column("id", [r["id"] for r in rows]), "provider", "address", "status", "folders",
+                      "messages", "MB")
         for r in rows:
             status = r["status"] + (f" ({r['status_reason']})" if r["status_reason"] else "")
             table.add_row(r["id"], r["provider"], r["address"], status, str(r["folders"]), str(r["messages"]),
@@ -433,6 +439,29 @@ def _progress_line(p: Any) -> str:
     return f"{head} (initial sync ran at {p.messages_per_second:.0f} msg/s)" if p.messages_per_second else head
 
 
+def _retrying(desc: Any) -> str | None:
+    """What the account workflow is retrying right now, from its pending activities: a failure shows
+    there at once, long before the activity's retries are spent and the workflow records the error."""
+    for a in desc.raw_description.pending_activities:
+        if a.attempt > 1 and a.last_failure.message:
+            return f"{a.activity_type.name} (attempt {a.attempt}): {a.last_failure.message}"
+    return None
+
+
+async def _say_what_is_retried(handle: Any, every: float = 2.0) -> None:
+    """For a blocking wait: one stderr line whenever what the workflow is retrying changes."""
+    said: str | None = None
+    while True:
+        await asyncio.sleep(every)
+        try:
+            now = _retrying(await handle.describe())
+        except Exception:  # noqa: BLE001 - best effort: the wait itself reports real failures
+            continue
+        if now != said and now is not None:
+            err.print(f"[yellow]retrying[/yellow] {now}", highlight=False)
+        said = now
+
+
 async def _follow(handle: Any) -> None:
     """Live per-folder progress bars until the workflow closes."""
     from temporalio.client import WorkflowExecutionStatus
@@ -470,6 +499,12 @@ async def _follow(handle: Any) -> None:
                     only = tasks[p.folders[0].name]
                     bar.update(only, info=f"{p.folders[0].bytes / 1e6:.1f} MB, {p.phase.value}, "
                                           f"{p.messages_per_second:.0f} msg/s")
+            retrying = _retrying(desc)
+            if retrying is not None or "account" in tasks:  # e.g. the server is unreachable: say so
+                if "account" not in tasks:
+                    tasks["account"] = bar.add_task("account", total=None, info="")
+                bar.update(tasks["account"], info=f"[yellow]retrying {retrying}[/yellow]" if retrying else
+                           (p.phase.value if p is not None else ""))
             if desc.status != WorkflowExecutionStatus.RUNNING or (p is not None and p.phase.value in _SETTLED):
                 return
             await asyncio.sleep(0.5)
@@ -531,6 +566,7 @@ def sync_start(
             return 0
         if follow:
             await _follow(handle)
+        watcher = asyncio.create_task(_say_what_is_retried(handle)) if not follow else None
         try:
             if once:
                 progress = (await handle.result()).progress
@@ -539,6 +575,9 @@ def sync_start(
         except (WorkflowFailureError, WorkflowUpdateFailedError) as exc:
             err.print(f"[red]sync failed:[/red] {failure_message(exc)}", highlight=False)
             return 1
+        finally:
+            if watcher is not None:
+                watcher.cancel()
         err.print(_progress_line(progress), highlight=False)
         if progress.phase.value in ("auth_failed", "auth_expired"):
             err.print(f"[red]the account is waiting for new credentials:[/red] {progress.last_error or ''}",
@@ -577,7 +616,9 @@ def _day_option(option: str, text: str) -> date | None:
     try:
         return date.fromisoformat(text)
     except ValueError:
-        raise CliError(f"{option} {text!r}: use all, a duration like 30d / 6m / 1y, or a date like 2024-01-31") from None
+        choices = "a duration like 30d / 6m / 1y, or a date like 2024-01-31"
+        raise CliError(f"{option} {text!r}: use {choices}" if option == "--since" else
+                       f"{option} {text!r}: use all, {choices}") from None
 
 
 def _control(name: str, doc: str) -> None:
@@ -625,7 +666,7 @@ _control("resync", "Re-mirror every folder from the server; bodies already store
 @sync_app.command("now")
 def sync_now(
     account: str = typer.Argument(..., help="account id or address"),
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON instead of tables"),
 ) -> None:
     """Run an incremental pass now and print what changed per folder."""
 
@@ -654,12 +695,13 @@ def sync_now(
             table.add_row(name, "", "", "", "folder added")
         for name in result.folders_removed:
             table.add_row(name, "", "", "", "folder removed")
-        out.print(table)
+        if table.rows:
+            out.print(table)
         took = (result.finished_at - result.started_at).total_seconds() if result.finished_at else 0.0
         if result.error:
             err.print(f"[red]pass {result.seq} failed:[/red] {result.error} (the next pass retries)", highlight=False)
             return 1
-        err.print(f"pass {result.seq}: {result.new} new, {result.updated} updated, {result.expunged} expunged "
+        out.print(f"pass {result.seq}: {result.new} new, {result.updated} updated, {result.expunged} expunged "
                   f"in {took:.2f} s", highlight=False)
         return 0
 
@@ -669,8 +711,8 @@ def sync_now(
 @sync_app.command("history")
 def sync_history(
     account: str = typer.Argument(..., help="account id or address"),
-    limit: int = typer.Option(30, help="rows to show"),
-    as_json: bool = typer.Option(False, "--json"),
+    limit: int = typer.Option(30, min=1, help="rows to show"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON instead of tables"),
 ) -> None:
     """The audit log of sync passes: per pass and per changed folder, counts and errors."""
 
@@ -701,7 +743,7 @@ def sync_history(
 @sync_app.command("status")
 def sync_status(
     account: str | None = typer.Argument(None, help="account id or address; all accounts when omitted"),
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON instead of tables"),
 ) -> None:
     """Phase, counts, percent, rate and ETA of an account's sync; or a table of all accounts."""
 
@@ -735,10 +777,12 @@ def sync_status(
                 return 0
             out.print(f"{account_id} ({p.address}) workflow {desc.status.name.lower()}", highlight=False)
             out.print(_progress_line(p), highlight=False)
-            table = Table("folder", "role", "phase", "done", "total", "flagged", "MB", "error")
+            refused = any(f.failed for f in p.folders)  # only Gmail leaves messages out (refused to serve)
+            table = Table("folder", "role", "phase", "done", "total", "flagged", *(["not stored"] if refused else []),
+                          "MB", "error")
             for f in p.folders:
-                table.add_row(f.name, f.role or "", f.phase.value, str(f.done), str(f.total), str(f.failed),
-                              f"{f.bytes / 1e6:.1f}", f.error or "")
+                table.add_row(f.name, f.role or "", f.phase.value, str(f.done), str(f.total), str(f.flagged),
+                              *([str(f.failed)] if refused else []), f"{f.bytes / 1e6:.1f}", f.error or "")
             out.print(table)
             if p.backfill or p.backfill_pending:
                 done, total = sum(f.done for f in p.backfill), sum(f.total for f in p.backfill)
@@ -755,6 +799,8 @@ def sync_status(
                           f"{f', {p.lag_seconds:.0f} s ago' if p.lag_seconds is not None else ''})", highlight=False)
             if p.last_error:
                 out.print(f"last error: {p.last_error}", highlight=False)
+            if (retrying := _retrying(desc)) is not None:
+                out.print(f"retrying: {retrying}", highlight=False)
             return 0
         pool = await _pool(settings)
         async with pool.acquire() as conn:
@@ -776,7 +822,8 @@ def sync_status(
         if as_json:
             out.print_json(json.dumps(rows, default=str))
             return 0
-        table = Table("account", "address", "status", "messages", "running", "completed", "failed")
+        table = Table(_id_column("account", [r["id"] for r in rows]), "address", "status", "messages", "running",
+                      "completed", "failed")
         for r in rows:
             table.add_row(r["id"], r["address"], r["status"], str(r["messages"]), str(r["running"]),
                           str(r["completed"]), str(r["failed"]))
@@ -792,10 +839,11 @@ def sync_status(
 @app.command("export")
 def export(
     account: str = typer.Argument(..., help="account id or address"),
-    folder: str = typer.Option(..., help="folder name as the server spells it"),
+    folder: str = typer.Option(..., help="IMAP: folder name as the server spells it (INBOX in any case); "
+                                        "Gmail: label name or id (INBOX, SENT, a user label)"),
     maildir: Path = typer.Option(..., help="target Maildir (created if missing)"),
 ) -> None:
-    """Write every stored message of a folder into a Maildir, byte-for-byte."""
+    """Write every stored message of a folder (Gmail: a label) into a Maildir, byte-for-byte."""
 
     async def body() -> int:
         from ops.export import FolderNotFound, export_folder
@@ -821,7 +869,7 @@ def verify(
     account: str = typer.Argument(..., help="account id or address"),
     window: str = typer.Option(
         "all", help="the sync's --window: only mail on or after it must be mirrored (all, 1y, 90d, a date)"),
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON instead of tables"),
 ) -> None:
     """Compare every message on the server with the database (IMAP: UID, sha256, flags; Gmail: ids, sha256,
     labels); exit 0 only if identical."""
@@ -938,6 +986,9 @@ def dev_up_cmd(
     except (RuntimeError, FileNotFoundError) as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         _exit(1)
+    if not services.temporal_address.endswith(f":{port}"):
+        err.print(f"already running (started earlier): --port {port} / --ui-port {ui_port} do not apply; "
+                  "`mailsync dev down` first to change them", highlight=False)
     out.print(f"Temporal:   {services.temporal_address}  (namespace {settings.temporal_namespace})")
     out.print(f"Web UI:     {services.web_ui}")
     out.print(f"PostgreSQL: {services.database_url}")
@@ -970,7 +1021,7 @@ def dev_gmail_cmd(
 
 @dev_app.command("down")
 def dev_down_cmd() -> None:
-    """Stop what `mailsync dev up` started."""
+    """Stop what `mailsync dev up` (or `make demo`) started: Temporal, PostgreSQL, the demo's worker and Dovecot."""
     from runtime.dev import dev_down
 
     stopped = dev_down(get_settings())

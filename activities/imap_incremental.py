@@ -18,6 +18,7 @@ from providers.imap.client import ImapSession
 from providers.imap.parse import FolderStatus
 from store.changes import (
     HistoryRow, append_history, forget_folder, remove_locations, stored_count, stored_flags, stored_flags_for,
+    stored_totals,
     update_flags,
 )
 from store.folders import FolderRow, live_folders, record_folder_state, upsert_folders
@@ -131,6 +132,9 @@ class ImapIncrementalActivities:
                     conn, cursor.folder.folder_id, uidvalidity=cursor.uidvalidity, uidnext=result.cursor.uidnext,
                     highestmodseq=result.cursor.highestmodseq, message_count=status.messages,
                 )
+                if result.new or result.expunged or cursor.stored_bytes is None or cursor.stored_flagged is None:
+                    result.stored_bytes, result.stored_flagged = await stored_totals(
+                        conn, cursor.folder.folder_id, cursor.uidvalidity)
         return result
 
     async def _flags_and_expunges(

@@ -164,8 +164,11 @@ class ImapActivities:
                         while writes:
                             await settle_oldest()
                     finally:
+                        # awaited, not only cancelled: a write of this page must not commit after the
+                        # activity has ended (a restarted folder may already have planned over it)
                         for task, _ in writes:
                             task.cancel()
+                        await asyncio.gather(*(task for task, _ in writes), return_exceptions=True)
         finally:
             beater.cancel()
         return summary

@@ -213,7 +213,7 @@ def print_next_steps(settings: Settings, services: DevServices, dsn: str, doveco
         f"  {cli} sync status {account_id}\n"
         f"  {cli} verify {account_id}\n"
         f"  {cli} export {account_id} --folder INBOX --maildir /tmp/demo-inbox\n"
-        f"  {psql_binary()} '{dsn}' -c 'select subject, from_addr, sent_at from messages order by sent_at desc limit 10'\n"
+        f"  {psql_binary()} '{dsn}' -c 'select subject, from_addr, sent_at from messages order by sent_at desc nulls last limit 10'\n"
         f"\nThe sync keeps running: deliver new mail to the demo server and see it arrive:\n"
         f"  {shown(Path(sys.executable))} -m devkit.demo deliver 3 && sleep 2 && {cli} sync status {account_id}\n"
         f"\nStop everything: make down   (or {cli} dev down)"
@@ -264,6 +264,7 @@ def main() -> int:
     )
     register_process(settings, "demo worker", worker.pid, str(worker_log))
     ok = False
+    account_id: str | None = None
     try:
         env = os.environ.copy() | {"DEMO_PASSWORD": "demo"}
         added = mailsync(
@@ -290,6 +291,8 @@ def main() -> int:
         return 0
     finally:
         if not ok:
+            if account_id is not None:  # it points at the demo's Dovecot, stopped below: not worth keeping
+                mailsync("account", "remove", account_id, "--yes", capture=True)
             stop_worker(worker)
             dovecot.stop()
             stop_registered(settings, DEMO_HELPERS)

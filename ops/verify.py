@@ -62,7 +62,8 @@ async def verify_account(
     or after that day must be mirrored, but a stored message the server no longer has is extra whatever
     its date."""
     report = VerifyReport()
-    server_folders = [f for f in await session.list_folders() if f.selectable]
+    server_folders = sorted((f for f in await session.list_folders() if f.selectable),
+                            key=lambda f: (f.name.upper() != "INBOX", f.name))
     db_folders = {
         r["name"]: r["id"]
         for r in await conn.fetch("SELECT id, name FROM folders WHERE account_id = $1", account_id)

@@ -11,6 +11,8 @@ from datetime import datetime
 
 import asyncpg
 
+from store.liveness import mark_orphans
+
 
 async def stored_flags(
     conn: asyncpg.Connection, folder_id: int, uidvalidity: int, lo: int = 1, hi: int | None = None
@@ -44,6 +46,17 @@ async def stored_count(conn: asyncpg.Connection, folder_id: int, uidvalidity: in
     )
 
 
+async def stored_totals(conn: asyncpg.Connection, folder_id: int, uidvalidity: int) -> tuple[int, int]:
+    """(bytes, messages flagged unparseable) the folder holds in the mirror."""
+    row = await conn.fetchrow(
+        """SELECT coalesce(sum(m.size), 0) AS bytes, count(*) FILTER (WHERE m.parse_error IS NOT NULL) AS flagged
+           FROM message_locations l JOIN messages m ON m.id = l.message_pk
+           WHERE l.folder_id = $1 AND l.uidvalidity = $2""",
+        folder_id, uidvalidity,
+    )
+    return int(row["bytes"]), int(row["flagged"])
+
+
 async def update_flags(
     conn: asyncpg.Connection, folder_id: int, uidvalidity: int, changes: Sequence[tuple[int, list[str]]]
 ) -> int:
@@ -61,16 +74,6 @@ async def update_flags(
     return int(status.split()[-1])
 
 
-async def _mark_orphans(conn: asyncpg.Connection, message_pks: Sequence[int]) -> None:
-    if message_pks:
-        await conn.execute(
-            """UPDATE messages m SET deleted_at = now()
-               WHERE m.id = ANY($1::bigint[]) AND m.deleted_at IS NULL
-                 AND NOT EXISTS (SELECT 1 FROM message_locations l WHERE l.message_pk = m.id)""",
-            list(message_pks),
-        )
-
-
 async def remove_locations(conn: asyncpg.Connection, folder_id: int, uidvalidity: int, uids: Sequence[int]) -> int:
     """Expunged UIDs: their locations go; a message left with no location is marked deleted."""
     if not uids:
@@ -81,7 +84,7 @@ async def remove_locations(conn: asyncpg.Connection, folder_id: int, uidvalidity
                RETURNING message_pk""",
             folder_id, uidvalidity, list(uids),
         )
-        await _mark_orphans(conn, [r["message_pk"] for r in gone])
+        await mark_orphans(conn, [r["message_pk"] for r in gone])
     return len(gone)
 
 
@@ -92,7 +95,7 @@ async def remove_stale_locations(conn: asyncpg.Connection, folder_id: int, uidva
             "DELETE FROM message_locations WHERE folder_id = $1 AND uidvalidity <> $2 RETURNING message_pk",
             folder_id, uidvalidity,
         )
-        await _mark_orphans(conn, [r["message_pk"] for r in gone])
+        await mark_orphans(conn, [r["message_pk"] for r in gone])
     return len(gone)
 
 
@@ -102,7 +105,7 @@ async def forget_folder(conn: asyncpg.Connection, folder_id: int) -> int:
         gone = await conn.fetch(
             "DELETE FROM message_locations WHERE folder_id = $1 RETURNING message_pk", folder_id
         )
-        await _mark_orphans(conn, [r["message_pk"] for r in gone])
+        await mark_orphans(conn, [r["message_pk"] for r in gone])
         await conn.execute(
             "UPDATE folders SET deleted_at = now(), updated_at = now() WHERE id = $1 AND deleted_at IS NULL",
             folder_id,

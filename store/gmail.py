@@ -15,6 +15,7 @@ import asyncpg
 from mail.parse import ParsedMessage, parse_message
 from providers.gmail.models import GmailLabel, GmailMessage
 from store.db import STAGE_COLUMNS
+from store.liveness import keep_placed, lock_for_removal
 from store.pages import (
     _EXISTING_MESSAGES, _MISSING_BODIES, INSERT_STAGED_MESSAGES, PageWriteResult, _upsert_contacts, account_lock_key,
     refresh_thread_stats,
@@ -217,7 +218,7 @@ async def mark_deleted(conn: asyncpg.Connection, account_id: str, ids: Iterable[
             """UPDATE messages m SET deleted_at = now()
                WHERE m.id = ANY($1::bigint[]) AND m.deleted_at IS NULL
                  AND NOT EXISTS (SELECT 1 FROM gmail_messages g WHERE g.message_pk = m.id AND g.deleted_at IS NULL)""",
-            sorted({r["message_pk"] for r in rows}),
+            await lock_for_removal(conn, [r["message_pk"] for r in rows]),
         )
     return len(rows), sum(r["size"] for r in rows)
 
@@ -255,9 +256,7 @@ async def persist_gmail_messages(
         if held:
             rows = await conn.fetch(_EXISTING_MESSAGES, account_id, held)
             ids.update({bytes(r["sha256"]): r["id"] for r in rows})
-            revived = sorted(r["id"] for r in rows if r["deleted"])
-            if revived:
-                await conn.execute("UPDATE messages SET deleted_at = NULL WHERE id = ANY($1::bigint[])", revived)
+            await keep_placed(conn, [r["id"] for r in rows])
         # checked rather than assumed (Gmail is quota-bound, one lookup per batch is free)
         bodies = [bytes(r["sha"]) for r in await conn.fetch(_MISSING_BODIES, account_id, sorted(raws))]
         if bodies:

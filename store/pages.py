@@ -17,6 +17,7 @@ from mail.model import FetchedMessage
 from mail.parse import ParsedMessage, header_key, parse_message
 from mail.threads import group_page
 from store.db import STAGE_COLUMNS
+from store.liveness import keep_placed
 
 
 @dataclass
@@ -73,9 +74,9 @@ SELECT id, sha256 FROM new
 # whatever the statistics say. With `account_id = $1 AND key = ANY($2)` the planner, before the
 # first ANALYZE of a growing table, scans every row of the account for each page (quadratic).
 _EXISTING_MESSAGES = """
-SELECT m.id, m.sha256, m.deleted_at IS NOT NULL AS deleted
+SELECT m.id, m.sha256
 FROM unnest($2::bytea[]) AS u(sha)
-CROSS JOIN LATERAL (SELECT id, sha256, deleted_at FROM messages
+CROSS JOIN LATERAL (SELECT id, sha256 FROM messages
                     WHERE account_id = $1 AND sha256 = u.sha LIMIT 1) m
 """
 _MISSING_BODIES = """
@@ -195,11 +196,7 @@ async def _place_existing(
     found = {bytes(r["sha256"]): r["id"] for r in rows}
     if len(found) != len(set(shas)):  # cannot happen: the INSERT above met these rows
         raise RuntimeError(f"{len(set(shas)) - len(found)} messages neither inserted nor found")
-    revived = sorted(r["id"] for r in rows if r["deleted"])
-    if revived:
-        await conn.execute(
-            "UPDATE messages SET deleted_at = NULL WHERE id = ANY($1::bigint[]) AND deleted_at IS NOT NULL", revived
-        )
+    await keep_placed(conn, list(found.values()))
     await conn.execute(
         """INSERT INTO message_locations (account_id, folder_id, uidvalidity, uid, message_pk, flags, internaldate)
            SELECT $1, $2, $3, s.uid, u.pk, s.flags, s.internaldate
@@ -357,10 +354,7 @@ async def reuse_stored(
                 account_id, folder_id, uidvalidity, [p[0] for p in placed], [p[1] for p in placed],
                 [" ".join(p[2]) for p in placed], [p[3] for p in placed],
             )
-            await conn.execute(
-                "UPDATE messages SET deleted_at = NULL WHERE id = ANY($1::bigint[]) AND deleted_at IS NOT NULL",
-                [p[1] for p in placed],
-            )
+            await keep_placed(conn, [p[1] for p in placed])
         # written by an attempt that died before threading them: their header block is enough
         unthreaded = await conn.fetch(
             "SELECT id FROM messages WHERE id = ANY($1::bigint[]) AND thread_id IS NULL", sorted(head_of))

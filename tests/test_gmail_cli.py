@@ -254,6 +254,19 @@ async def test_verify_gmail_account(
     assert text.returncode == 0 and "identical" in text.stdout and "NOT" not in text.stdout, text.stdout
     assert "(all messages)" in text.stdout
 
+    # export: a Gmail account's folders are its labels, byte-for-byte, flags from UNREAD/STARRED
+    exported = await run_cli(cli_env, "export", account_id, "--folder", "inbox", "--maildir", str(tmp_path / "in"))
+    assert exported.returncode == 0, exported.stderr
+    files = {f.name.split(".")[0]: f for f in (tmp_path / "in" / "cur").iterdir()}
+    assert sorted(files) == sorted(inbox)
+    for gmail_id, path in files.items():
+        stored = fake.message(user, gmail_id)
+        assert path.read_bytes() == stored.raw
+        assert ("S" in path.name.rsplit(",", 1)[1]) == ("UNREAD" not in stored.label_set())
+    unknown = await run_cli(cli_env, "export", account_id, "--folder", "Nope", "--maildir", str(tmp_path / "x"))
+    assert unknown.returncode == 1 and "no label 'Nope'" in unknown.stderr and "INBOX" in unknown.stderr
+    assert not (tmp_path / "x").exists()
+
     # one label assignment lost
     gone_label = await pool.fetchrow(
         "DELETE FROM gmail_message_labels WHERE account_id = $1 AND gmail_id = $2 AND label_id = 'INBOX' RETURNING *",

@@ -451,3 +451,61 @@ async def test_idle_raises_network_error_when_the_connection_drops(
             with pytest.raises(NetworkError, match="connection lost"):
                 await asyncio.wait_for(task, 5)
             assert time.monotonic() - dropped < 1.0
+
+
+async def test_login_refused_for_the_connection_limit_is_retryable_not_an_auth_failure() -> None:
+    """Dovecot answers a login over `mail_max_userip_connections` with `NO [LIMIT]`: the credentials are
+    fine, so the account must not be parked as auth_failed (a wrong password still is)."""
+    from providers.errors import AuthError, ServerError
+
+    server = start_dovecot(
+        Path(tempfile.mkdtemp(prefix="mailsync-test-limit-")),
+        extra_config="protocol imap {\n  mail_max_userip_connections = 1\n}\n",
+    )
+    try:
+        box = _mailbox(server)
+        async with box.session():
+            with pytest.raises(ServerError, match=r"refused temporarily.*\[LIMIT\]") as refused:
+                async with box.session():
+                    pass
+            assert not isinstance(refused.value, AuthError)
+        async with box.session():  # the first one has logged out: the limit has room again
+            pass
+        with pytest.raises(AuthError):
+            async with Mailbox(box.host, box.port, box.username, "wrong").session():
+                pass
+    finally:
+        server.stop()
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_fetch_never_silently_leaves_out_a_message_that_exists(
+    mbox: Mailbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A UID expunged since the SEARCH is no error; one the FETCH answer lacks but the server still holds
+    (a server bug, or a response shape the parser drops) is asked for again, and raises if still lacking."""
+    import providers.imap.client as client
+    from providers.errors import ServerError
+
+    mbox.append(4)
+    real_parse = client.parse_fetch
+    async with mbox.session() as session:
+        await session.select("INBOX")
+        mbox.expunge(2)
+        assert [m.uid for m in await session.fetch([1, 2, 3])] == [1, 3]
+
+        dropped: list[int] = []
+
+        def drop_uid_3_once(lines):  # type: ignore[no-untyped-def]
+            got = real_parse(lines)
+            if not dropped and any(m.uid == 3 for m in got):
+                dropped.append(3)
+                return [m for m in got if m.uid != 3]
+            return got
+
+        monkeypatch.setattr(client, "parse_fetch", drop_uid_3_once)
+        assert sorted(m.uid for m in await session.fetch([1, 3, 4])) == [1, 3, 4] and dropped == [3]
+
+        monkeypatch.setattr(client, "parse_fetch", lambda lines: [m for m in real_parse(lines) if m.uid != 4])
+        with pytest.raises(ServerError, match="without 1 existing message.*UID 4"):
+            await session.fetch([1, 3, 4])

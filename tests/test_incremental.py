@@ -24,7 +24,7 @@ from devkit.corpus import SeedMessage, generate_corpus
 from devkit.dovecot import DovecotServer, start_dovecot
 from store.crypto import CredentialBox
 from workflows.account_sync import AccountSyncWorkflow, account_workflow_id
-from workflows.models import AccountPhase, AccountProgress, AccountSyncInput, PassResult, SyncTuning
+from workflows.models import AccountPhase, AccountProgress, AccountSyncInput, MailboxChanged, PassResult, SyncTuning
 
 from conftest import (
     TEST_TUNING, AccountFactory, TestAccount, recreate_folder, run_cli, server_messages, until, verify,
@@ -130,7 +130,7 @@ async def test_changes_on_the_server_are_mirrored_exactly(
     assert '"expunged": 3' in history.stdout and '"folder": "INBOX"' in history.stdout
     now = await run_cli(cli_env, "sync", "now", account.id)
     assert now.returncode == 0, now.stderr
-    assert "0 new, 0 updated, 0 expunged" in now.stderr
+    assert "0 new, 0 updated, 0 expunged" in now.stdout and "folder" not in now.stdout  # no empty table
 
 
 async def test_idle_brings_new_mail_within_five_seconds(
@@ -295,6 +295,10 @@ async def test_password_change_parks_account_until_credentials_updated(
         with pytest.raises(WorkflowUpdateFailedError):
             await sync_now(handle)
         assert await until(lambda: _phase_is(handle, AccountPhase.auth_failed))
+        refused = await pool.fetchval(  # the failed pass is in the audit log, with the reason
+            "SELECT error FROM sync_history WHERE account_id = $1 AND folder IS NULL ORDER BY id DESC LIMIT 1",
+            account.id)
+        assert refused and refused.startswith("authentication failed") and "AUTHENTICATIONFAILED" in refused
 
         async def status_is(expected: str) -> bool:
             return await pool.fetchval("SELECT status FROM accounts WHERE id = $1", account.id) == expected
@@ -403,6 +407,14 @@ async def test_recent_window_first_then_backfill_in_the_background(
         return (await progress(handle)).phase == AccountPhase.idle and (await progress(handle)).backfill_pending == 0
 
     assert await until(backfilled, timeout=60)
+    # what status shows per folder is what the mirror holds, the backfilled older mail included
+    held = await pool.fetch(
+        """SELECT f.name, sum(m.size) AS bytes, count(*) FILTER (WHERE m.parse_error IS NOT NULL) AS flagged
+           FROM message_locations l JOIN messages m ON m.id = l.message_pk JOIN folders f ON f.id = l.folder_id
+           WHERE l.account_id = $1 GROUP BY f.name""", account.id)
+    shown = {f.name: (f.bytes, f.flagged) for f in (await progress(handle)).folders}
+    assert shown == {r["name"]: (r["bytes"], r["flagged"]) for r in held}
+    assert sum(r["flagged"] for r in held) > 0
     children = [w async for w in client.list_workflows(
         f"WorkflowId STARTS_WITH '{account_workflow_id(account.id)}/backfill/'")]
     assert len(children) == 2  # one backfill per folder, run beside the live loop
@@ -531,3 +543,100 @@ async def test_unreachable_server_fails_the_pass_instead_of_hanging(
     paused = await run_cli(cli_env, "sync", "pause", account.id)
     assert paused.returncode == 0
     assert await until(lambda: _phase_is(handle, AccountPhase.paused))
+
+
+async def test_new_credentials_signalled_before_the_wait_begins_are_not_lost(
+    make_account: AccountFactory, pool: asyncpg.Pool, client: Client,
+) -> None:
+    """Credentials refused, then new ones signalled while the initial sync is still winding down (other
+    folders finishing): when the sync gets to waiting for credentials, the new ones are already there."""
+    from workflows.models import CredentialsExpired
+
+    account = await make_account(corpus(60, seed=44, folders=("INBOX", "Archive", "Sent")))
+    await client.start_workflow(
+        AccountSyncWorkflow.run, AccountSyncInput(account_id=account.id, tuning=LIVE),
+        id=account_workflow_id(account.id), task_queue="mailsync-test",
+    )
+    handle = client.get_workflow_handle(account_workflow_id(account.id))
+    # both before the initial sync can end: it stops starting folders, then waits for credentials
+    await handle.signal(AccountSyncWorkflow.credentials_expired, CredentialsExpired(reason="refused, as a test"))
+    await handle.signal(AccountSyncWorkflow.credentials_updated)
+
+    async def usable() -> bool:
+        p = await progress(handle)
+        return p.phase == AccountPhase.idle and p.passes >= 1
+
+    assert await until(usable, timeout=60), (await progress(handle)).model_dump_json()
+    assert await pool.fetchval("SELECT status FROM accounts WHERE id = $1", account.id) == "active"
+    await assert_identical(pool, account)
+    await handle.terminate()
+
+
+async def test_backfill_stopped_by_a_password_change_resumes_with_the_new_password(
+    make_account: AccountFactory, dovecot: DovecotServer, pool: asyncpg.Pool, client: Client,
+    cli_env: dict[str, str],
+) -> None:
+    """A backfill child whose login is refused reports its folder unfinished: the account queues it
+    again and runs it once new credentials work, instead of counting it as running for ever."""
+    seeded = corpus(400, seed=45, folders=("INBOX",))
+    account = await make_account(seeded)
+    dates = sorted(m.internaldate.date() for m in seeded)
+    since = dates[-20]  # a small recent window; most of the folder is backfill, in small pages
+    tuning = LIVE.model_copy(update={"page_size": 20, "chunk_size": 10, "connection_limit": 2})
+    await client.start_workflow(
+        AccountSyncWorkflow.run,
+        AccountSyncInput(account_id=account.id, tuning=tuning, since=since),
+        id=account_workflow_id(account.id), task_queue="mailsync-test",
+    )
+    handle = client.get_workflow_handle(account_workflow_id(account.id))
+
+    async def backfilling() -> bool:
+        p = await progress(handle)
+        return p.phase == AccountPhase.backfill and any(f.done > 0 for f in p.backfill)
+
+    assert await until(backfilling, timeout=60), (await progress(handle)).model_dump_json()
+    dovecot.set_password(account.username, "rotated-during-backfill")
+    await handle.signal(AccountSyncWorkflow.mailbox_changed, MailboxChanged(folder="INBOX"))
+    assert await until(lambda: _phase_is(handle, AccountPhase.auth_failed), timeout=60), (await progress(handle)).model_dump_json()
+    updated = await run_cli(
+        cli_env, "account", "update", account.id, "--password-stdin", input="rotated-during-backfill\n")
+    assert updated.returncode == 0, updated.stderr
+
+    async def backfilled() -> bool:
+        p = await progress(handle)
+        return p.phase == AccountPhase.idle and p.backfill_pending == 0
+
+    assert await until(backfilled, timeout=90), (await progress(handle)).model_dump_json()
+    account.password = "rotated-during-backfill"
+    await assert_identical(pool, account)
+    await handle.terminate()
+
+
+async def test_a_sync_waiting_on_an_unreachable_server_says_what_it_retries(
+    make_account: AccountFactory, dovecot: DovecotServer, client: Client, cli_env: dict[str, str],
+) -> None:
+    """`sync start --wait` and `sync status` show the failure being retried at once, not after the retries
+    are spent (minutes) or never."""
+    import sys
+
+    from conftest import REPO
+
+    proxy = ChaosProxy(dovecot.host, dovecot.port).start()
+    account = await make_account(corpus(5, seed=46), port=proxy.port)
+    proxy.stop()  # nothing listens there any more
+    waiting = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "cli", "sync", "start", account.id, "--wait", cwd=REPO, env=cli_env,
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert waiting.stderr is not None
+        line = await asyncio.wait_for(waiting.stderr.readline(), 60)
+        while b"retrying" not in line:
+            line = await asyncio.wait_for(waiting.stderr.readline(), 60)
+        assert b"discover_folders (attempt" in line and b"connection refused" in line.lower(), line
+    finally:
+        waiting.kill()
+        await waiting.wait()
+    status = await run_cli(cli_env, "sync", "status", account.id)
+    assert status.returncode == 0 and "retrying: discover_folders (attempt" in status.stdout, status.stdout
+    await client.get_workflow_handle(account_workflow_id(account.id)).terminate()

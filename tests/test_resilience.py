@@ -127,3 +127,42 @@ async def test_ctrl_c_on_follow_leaves_the_sync_running(
     assert done.returncode == 0, done.stderr
     report = await verify(pool, account)
     assert report.identical
+
+
+@pytest.mark.parametrize("placer_first", [True, False], ids=["placed-then-removed", "removed-then-placed"])
+async def test_placing_a_message_while_its_other_location_is_removed_keeps_it_live(
+    make_account, pool: asyncpg.Pool, placer_first: bool,  # type: ignore[no-untyped-def]
+) -> None:
+    """Two transactions at once: one places message M in folder G (a rebuild, a backfill), the other
+    removes M's location in folder F (an expunge). Whichever commits first, M ends with a location
+    and not deleted (READ COMMITTED alone would let the remover miss the placer's new location)."""
+    from mail.model import FetchedMessage
+    from store.changes import remove_locations
+    from store.folders import FolderRow, upsert_folders
+    from store.pages import write_page
+
+    account = await make_account()
+    raw = b"From: a@example.test\r\nSubject: moved\r\nMessage-ID: <moved@example.test>\r\n\r\nbody\r\n"
+    async with pool.acquire() as conn:
+        ids = await upsert_folders(conn, account.id, [FolderRow("F", "/", None, []), FolderRow("G", "/", None, [])])
+        await write_page(conn, account.id, ids["F"], 1, [FetchedMessage(uid=1, raw=raw)])
+    async with pool.acquire() as placer, pool.acquire() as remover:
+        place_tx, remove_tx = placer.transaction(), remover.transaction()
+        await place_tx.start()
+        await remove_tx.start()
+        place = lambda: write_page(placer, account.id, ids["G"], 1, [FetchedMessage(uid=7, raw=raw)])  # noqa: E731
+        remove = lambda: remove_locations(remover, ids["F"], 1, [1])  # noqa: E731
+        first, second = (place, remove) if placer_first else (remove, place)
+        first_tx = place_tx if placer_first else remove_tx
+        second_tx = remove_tx if placer_first else place_tx
+        await first()
+        blocked = asyncio.create_task(second())  # waits for the first transaction's row lock
+        await asyncio.sleep(0.3)
+        await first_tx.commit()
+        await asyncio.wait_for(blocked, 10)
+        await second_tx.commit()
+    row = await pool.fetchrow(
+        """SELECT m.deleted_at, array_agg(f.name) AS folders FROM messages m
+           JOIN message_locations l ON l.message_pk = m.id JOIN folders f ON f.id = l.folder_id
+           WHERE m.account_id = $1 GROUP BY m.id""", account.id)
+    assert row is not None and list(row["folders"]) == ["G"] and row["deleted_at"] is None

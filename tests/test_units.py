@@ -310,3 +310,57 @@ def test_header_blocks_the_fast_split_cannot_read_go_to_the_feed_parser(block: b
     assert _simple_fields(b"Subject: a\r\n  b\r\nFrom:x@y\r\nTo: \r\n") == [
         ("Subject", "a\r\n  b"), ("From", "x@y"), ("To", ""),
     ]
+
+
+def _pristine_aioimaplib():  # type: ignore[no-untyped-def]
+    """A second copy of aioimaplib's module, loaded from its file: without providers.imap.wire's patches."""
+    import importlib.util
+
+    from aioimaplib import aioimaplib as lib
+
+    spec = importlib.util.spec_from_file_location("_aioimaplib_pristine", lib.__file__)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _responses(lib, name: str, args: tuple[str, ...], reads: list[bytes]) -> list[object]:  # type: ignore[no-untyped-def]
+    """Run one command on a protocol object fed `reads` as socket reads; the response lines it ends with."""
+    import asyncio
+
+    class Transport:
+        def write(self, data: bytes) -> None:
+            pass
+
+    loop = asyncio.new_event_loop()
+    try:
+        proto = lib.IMAP4ClientProtocol(loop, None)
+        proto.transport, proto.state = Transport(), lib.SELECTED
+        cmd = lib.FetchCommand("A1", *args, loop=loop) if name == "FETCH" else lib.Command(name, "A1", *args, loop=loop)
+        task = loop.create_task(proto.execute(cmd))
+        loop.run_until_complete(asyncio.sleep(0))
+        for data in reads:
+            proto.data_received(data)
+        response = loop.run_until_complete(asyncio.wait_for(task, 1))
+        return [bytes(line) for line in response.lines]
+    finally:
+        loop.close()
+
+
+@pytest.mark.parametrize("name, args, answer", [
+    ("STATUS", ("x", "(MESSAGES UIDNEXT)"), b"* STATUS {5}\r\nINBOX (MESSAGES 3 UIDNEXT 4)\r\nA1 OK done\r\n"),
+    ("FETCH", ("1:2", "(UID BODY[])"),
+     b"* 1 FETCH (UID 1 BODY[] {4}\r\nab\r\n)\r\n* 2 FETCH (BODY[] {3}\r\nxyz UID 2 FLAGS (\\Seen))\r\nA1 OK done\r\n"),
+])
+def test_patched_reader_answers_as_aioimaplib_at_every_read_boundary(name: str, args: tuple[str, ...], answer: bytes) -> None:
+    """providers.imap.wire replaces aioimaplib's response splitter: for every way one answer can be cut
+    into two socket reads, both give the command the same response lines."""
+    from aioimaplib import aioimaplib as patched
+
+    import providers.imap.client  # noqa: F401  (installs providers.imap.wire)
+
+    pristine = _pristine_aioimaplib()
+    for cut in range(1, len(answer)):
+        reads = [answer[:cut], answer[cut:]]
+        assert _responses(patched, name, args, reads) == _responses(pristine, name, args, reads), cut

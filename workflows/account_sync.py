@@ -91,6 +91,7 @@ class AccountSyncWorkflow:
         p.folders = list(self._folders.values())
         p.total = sum(f.total for f in p.folders)
         p.done = sum(f.done for f in p.folders)
+        p.flagged = sum(f.flagged for f in p.folders)
         p.failed = sum(f.failed for f in p.folders)
         p.bytes = sum(f.bytes for f in p.folders)
         stamps = [f.updated_at for f in p.folders if f.updated_at]
@@ -140,7 +141,14 @@ class AccountSyncWorkflow:
 
     @workflow.signal
     def credentials_expired(self, expired: CredentialsExpired) -> None:
-        self._auth_error = expired.reason
+        self._auth_failed(expired.reason)
+
+    def _auth_failed(self, reason: str) -> None:
+        """Record refused credentials. Only credentials signalled from now on can end the wait: new
+        ones that arrived while other folders were still finishing (after the refusal) still count."""
+        if self._auth_error is None:
+            self._credentials_updated = False
+        self._auth_error = reason
 
     @workflow.update
     async def sync_now(self) -> PassResult:
@@ -184,7 +192,7 @@ class AccountSyncWorkflow:
         for c in st.cursors.values():  # a continued run shows its folders straight away
             self._folders[c.folder.name] = FolderProgress(
                 name=c.folder.name, role=c.folder.role, phase=FolderPhase.done, total=c.messages or 0,
-                done=c.messages or 0,
+                done=c.messages or 0, bytes=c.stored_bytes or 0, flagged=c.stored_flagged or 0,
             )
         if st.provider is None:
             described: DescribeAccountResult = await self._activity(
@@ -283,6 +291,10 @@ class AccountSyncWorkflow:
                 cursor.uidvalidity, cursor.uidnext, cursor.highestmodseq = r.uidvalidity, r.uidnext, r.highestmodseq
                 cursor.messages = r.progress.total
                 cursor.mirrored = True
+                # a folder placed partly from stored bodies did not parse them: the next pass recounts
+                fresh = r.progress.reused == 0
+                cursor.stored_bytes = r.progress.bytes if fresh else None
+                cursor.stored_flagged = r.progress.flagged if fresh else None
         return results
 
     def _lend_candidate(
@@ -422,14 +434,22 @@ class AccountSyncWorkflow:
                     ))
             if self._auth_error:
                 raise AccountAuthFailed()
+        except AccountAuthFailed:
+            # in the audit log too, before the account parks: `sync history` says why passes stopped
+            result.error = f"authentication failed: {self._auth_error}"
+            await self._record_pass(inp, result)
+            raise
         finally:
             self._pass_running = False
+        await self._record_pass(inp, result)
+        return result
+
+    async def _record_pass(self, inp: AccountSyncInput, result: PassResult) -> None:
         result.finished_at = workflow.now()
         await self._activity(
             ImapIncrementalActivities.record_pass, HistoryInput(account_id=inp.account_id, result=result), SHORT_TIMEOUT
         )
         self._count_pass(result)
-        return result
 
     def _count_pass(self, result: PassResult) -> None:
         """A finished pass: counters, last pass, and the answer a waiting `sync_now` returns."""
@@ -466,12 +486,15 @@ class AccountSyncWorkflow:
             if r.uidvalidity_changed:
                 return None
             cursor.uidnext, cursor.highestmodseq, cursor.messages = r.cursor.uidnext, r.cursor.highestmodseq, r.cursor.messages
+            if r.stored_bytes is not None:  # taken only when recounted: a backfill may have added since
+                cursor.stored_bytes, cursor.stored_flagged = r.stored_bytes, r.stored_flagged
             changes.new += r.new
             changes.updated += r.updated
             changes.expunged += r.expunged
             progress = self._folders.get(cursor.folder.name)
             if progress is not None:
                 progress.total, progress.done = cursor.messages or 0, cursor.messages or 0
+                progress.bytes, progress.flagged = cursor.stored_bytes or 0, cursor.stored_flagged or 0
                 progress.updated_at = workflow.now()
             if not r.more:
                 return changes
@@ -492,19 +515,32 @@ class AccountSyncWorkflow:
                 folder=r.folder.name, new=r.progress.done - r.progress.reused, rebuilt=True,
                 reused=r.progress.reused, downloaded_bytes=r.progress.downloaded,
             ))
-        result.finished_at = workflow.now()
-        await self._activity(
-            ImapIncrementalActivities.record_pass, HistoryInput(account_id=inp.account_id, result=result), SHORT_TIMEOUT
-        )
-        self._count_pass(result)
+        await self._record_pass(inp, result)
 
     # ---- backfill -------------------------------------------------------------------------------
 
     @workflow.signal(name=BACKFILL_SIGNAL)
     def backfill_progress(self, update: FolderProgress) -> None:
         self._backfill[update.name] = update
-        if update.phase in (FolderPhase.done, FolderPhase.failed) and update.name in self._st.backfill_running:
-            self._st.backfill_running.remove(update.name)
+        st = self._st
+        if update.name not in st.backfill_running:
+            return
+        if update.phase in (FolderPhase.done, FolderPhase.failed):
+            st.backfill_running.remove(update.name)
+            self._backfill_changed = True
+            # older mail now in the folder's mirror too (a failed backfill may have stored part of it)
+            for c in st.cursors.values():
+                if c.folder.name == update.name and c.stored_bytes is not None and c.stored_flagged is not None:
+                    c.stored_bytes += update.bytes
+                    c.stored_flagged += update.flagged
+                    row = self._folders.get(update.name)
+                    if row is not None:
+                        row.bytes, row.flagged = c.stored_bytes, c.stored_flagged
+        elif update.phase == FolderPhase.pending:  # stopped unfinished (credentials): queued again, first
+            st.backfill_running.remove(update.name)
+            folder = next((c.folder for c in st.cursors.values() if c.folder.name == update.name), None)
+            if folder is not None:
+                st.backfill_queue.insert(0, folder)
             self._backfill_changed = True
 
     async def _launch_backfills(self, inp: AccountSyncInput) -> None:
@@ -572,7 +608,7 @@ class AccountSyncWorkflow:
                     self._st.changed = True
             except ActivityError as err:  # the poll interval still covers the account; retried next idle
                 if failure_type(err) in AUTH_TYPES:
-                    self._auth_error = failure_message(err)
+                    self._auth_failed(failure_message(err))
                 elif self._progress is not None:
                     self._progress.last_error = f"watch {name}: {failure_message(err)}"
 
@@ -605,9 +641,6 @@ class AccountSyncWorkflow:
 
     async def _wait_for_credentials(self, inp: AccountSyncInput) -> None:
         assert self._progress is not None
-        # reset before anything awaits: new credentials signalled while the status is being written
-        # (as soon as the phase shows) must not be lost
-        self._credentials_updated = False
         await self._stop_watch()
         phase = self._auth_phase()
         self._publish(phase)
@@ -630,7 +663,7 @@ class AccountSyncWorkflow:
             except ActivityError as err:
                 assert self._progress is not None
                 if failure_type(err) in AUTH_TYPES:
-                    self._auth_error = failure_message(err)
+                    self._auth_failed(failure_message(err))
                     raise AccountAuthFailed() from err
                 self._progress.last_error = failure_message(err)
                 await workflow.sleep(PAUSE_AFTER_EXHAUSTED)
@@ -646,7 +679,7 @@ class AccountSyncWorkflow:
                 )
             except ActivityError as err:
                 if failure_type(err) in AUTH_TYPES:
-                    self._auth_error = failure_message(err)
+                    self._auth_failed(failure_message(err))
                     raise AccountAuthFailed() from err
                 if not retry_forever:
                     raise
@@ -669,7 +702,7 @@ class AccountSyncWorkflow:
         except ChildWorkflowError as err:
             message = failure_message(err)
             if failure_type(err) in AUTH_TYPES:
-                self._auth_error = message
+                self._auth_failed(message)
                 return None
             progress = self._folders.get(folder.name) or FolderProgress(name=folder.name)
             progress.phase, progress.error = FolderPhase.failed, message
@@ -694,8 +727,8 @@ class AccountSyncWorkflow:
         )
 
     async def _set_status(self, account_id: str, status: str, reason: str | None) -> None:
-        await workflow.execute_activity_method(
+        # retried until it lands: a database outage must not end the workflow (and lose its state)
+        await self._activity(
             AccountActivities.set_account_status,
-            SetStatusInput(account_id=account_id, status=status, reason=reason),
-            start_to_close_timeout=SHORT_TIMEOUT, retry_policy=ACTIVITY_RETRY,
+            SetStatusInput(account_id=account_id, status=status, reason=reason), SHORT_TIMEOUT,
         )

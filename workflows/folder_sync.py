@@ -22,10 +22,15 @@ with workflow.unsafe.imports_passed_through():
 PROGRESS_SIGNAL = "folder_progress"
 LEND_SIGNAL = "lend_connections"
 _REPORT_EVERY = timedelta(seconds=2)
+_REPORT_SAME_ERROR_EVERY = timedelta(minutes=10)  # a page failing for hours must not flood the parent
 
 
 class _Restart(Exception):
     """UIDVALIDITY moved under us: start the folder over."""
+
+
+class _Stuck(Exception):
+    """A page has failed for so long that the history is due to continue-as-new under it."""
 
 
 @workflow.defn
@@ -86,7 +91,7 @@ class FolderSyncWorkflow:
                     st.pending.remove(page)
                     st.progress.done += summary.fetched
                     st.progress.total -= min(summary.vanished, page.count)
-                    st.progress.failed += summary.parse_errors
+                    st.progress.flagged += summary.parse_errors
                     st.progress.bytes += summary.bytes + summary.reused_bytes
                     st.progress.downloaded += summary.bytes + summary.header_bytes
                     st.progress.reused += summary.reused
@@ -94,6 +99,12 @@ class FolderSyncWorkflow:
                     st.pages_done += 1
                     pages_this_run += 1
                 await self._report(inp)
+            except _Stuck:
+                # pages still pending stay in the state: the next run retries them, with a short history
+                await self._abandon(running)
+                await self._report(inp, force=True)
+                self._fold_lent(st)
+                workflow.continue_as_new(inp.model_copy(update={"state": st}))
             except _Restart:
                 await self._abandon(running)
                 st = self._state = FolderState(
@@ -108,6 +119,16 @@ class FolderSyncWorkflow:
                 st.pending.clear()
                 await self._report(inp, force=True)
                 return self._result(inp, st)
+            except ApplicationError as err:
+                # the account's credentials (or the account) failed, not this folder: it is left
+                # unfinished, and the account workflow runs it again once the account works
+                await self._abandon(running)
+                st.progress.phase, st.progress.error = FolderPhase.pending, err.message
+                try:
+                    await self._report(inp, force=True)
+                except Exception:  # the parent is gone: nobody to tell
+                    workflow.logger.info("final report of %s not delivered", inp.folder.name)
+                raise
             except BaseException:
                 await self._abandon(running)
                 raise
@@ -182,9 +203,15 @@ class FolderSyncWorkflow:
                 if kind in ("AuthError", "AccountNotFound", "SecretKeyError"):
                     raise ApplicationError(failure_message(err), type=kind, non_retryable=True) from err
                 assert self._state is not None
-                self._state.progress.error = failure_message(err)
-                await self._report(inp, force=True)
+                message = failure_message(err)
+                changed = message != self._state.progress.error
+                self._state.progress.error = message
+                stale = self._last_report is None or workflow.now() - self._last_report >= _REPORT_SAME_ERROR_EVERY
+                if changed or stale:
+                    await self._report(inp, force=True)
                 await workflow.sleep(PAUSE_AFTER_EXHAUSTED)
+                if workflow.info().is_continue_as_new_suggested():
+                    raise _Stuck() from err
 
     async def _report(self, inp: FolderSyncInput, *, force: bool = False) -> None:
         """Tell the account workflow how far we are; throttled so its history stays small."""

@@ -255,7 +255,7 @@ class GmailFlow:
             )
         except ChildWorkflowError as err:
             if failure_type(err) in AUTH_TYPES:
-                wf._auth_error = failure_message(err)
+                wf._auth_failed(failure_message(err))
                 return
             g.lost_batches += 1
             assert wf._progress is not None

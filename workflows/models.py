@@ -117,7 +117,8 @@ class FolderProgress(BaseModel):
     phase: FolderPhase = FolderPhase.pending
     total: int = 0
     done: int = 0
-    failed: int = 0                  # messages stored raw but flagged unparseable
+    flagged: int = 0                 # messages stored (raw, byte for byte) but flagged unparseable
+    failed: int = 0                  # messages not stored: the provider refused to serve them (Gmail)
     bytes: int = 0                   # mirrored: bodies downloaded or found stored (what the folder holds)
     downloaded: int = 0              # bytes downloaded: bodies, plus header blocks when matching stored ones
     reused: int = 0                  # messages placed from bodies already stored
@@ -183,6 +184,9 @@ class FolderCursor(BaseModel):
     highestmodseq: int | None = None
     messages: int | None = None
     mirrored: bool = False           # its initial (or rebuild) sync has completed
+    # what the folder holds in the mirror, for progress; None: not known (recounted by the next pass)
+    stored_bytes: int | None = None
+    stored_flagged: int | None = None
 
 
 class FolderChanges(BaseModel):
@@ -300,7 +304,8 @@ class AccountProgress(BaseModel):
     folders: list[FolderProgress] = Field(default_factory=list)
     total: int = 0
     done: int = 0
-    failed: int = 0
+    flagged: int = 0                 # stored but flagged unparseable (see FolderProgress)
+    failed: int = 0                  # not stored: refused by the provider
     bytes: int = 0
     messages_per_second: float = 0.0
     eta_seconds: float | None = None
@@ -359,6 +364,9 @@ class FolderChangesResult(BaseModel):
     expunged: int = 0
     more: bool = False               # new messages remain above cursor.uidnext
     uidvalidity_changed: bool = False
+    # recounted when the pass changed the folder (or the count was unknown); None: not recounted
+    stored_bytes: int | None = None
+    stored_flagged: int | None = None
 
 
 class WatchInput(BaseModel):

@@ -51,6 +51,12 @@ HEADER_ITEMS = "(UID FLAGS INTERNALDATE RFC822.SIZE BODY.PEEK[HEADER])"
 # RFC 2177: servers may drop a client idle for 30 minutes, so IDLE is re-issued at least every 29.
 IDLE_MAX_SECONDS = 29 * 60.0
 _NETWORK_ERRORS = (OSError, asyncio.TimeoutError, ssl.SSLError, aioimaplib.CommandTimeout, aioimaplib.Abort)
+# A login refused for a reason other than the credentials (RFC 5530 response codes; Gmail's and
+# Exchange's wording for connection and bandwidth limits): retried with backoff, the account not parked.
+_LOGIN_REFUSED_FOR_NOW = (
+    "unavailable", "serverbug", "[limit]", "[inuse]", "too many simultaneous connections",
+    "too many connections", "bandwidth limit", "try again later", "temporarily unavailable",
+)
 # NUL, CR and LF would end or split a command line on the wire (RFC 3501 section 9).
 _CONTROL_CHARS = re.compile(r"[\x00\r\n]")
 
@@ -124,8 +130,11 @@ class ImapSession:
         self._lost_reason = str(exc) if exc else "closed by server"
         self._lost.set()
 
-    async def _guard(self, aw: Awaitable[T], timeout: float, what: str) -> T:
-        """Await an IMAP call, failing fast when the connection drops instead of waiting for the timeout."""
+    async def _guard(self, aw: Awaitable[T], timeout: float | None, what: str) -> T:
+        """Await an IMAP call, failing fast when the connection drops instead of waiting for the timeout.
+
+        `timeout` None: no overall bound; the command's own inactivity timer (reset by every piece of
+        data) ends a stalled transfer, and a slow but moving one may take as long as it needs."""
         task = asyncio.ensure_future(aw)
         lost = asyncio.ensure_future(self._lost.wait())
         try:
@@ -175,7 +184,7 @@ class ImapSession:
         response = await self._guard(client.login(s.username, self._password), self._auth_timeout, "login")
         if response.result != "OK":
             text = b" ".join(bytes(l) for l in response.lines).decode("utf-8", "replace")
-            if "UNAVAILABLE" in text or "SERVERBUG" in text:
+            if any(marker in text.lower() for marker in _LOGIN_REFUSED_FOR_NOW):
                 raise ServerError(f"login on {self.where} refused temporarily: {text}")
             raise AuthError(f"login failed for {s.username} on {self.where}: {text}")
         if any(b"initialization failed" in bytes(l) for l in response.lines):
@@ -279,19 +288,36 @@ class ImapSession:
     async def fetch(self, uids: list[int]) -> list[FetchedMessage]:
         if not uids:
             return []
-        # aioimaplib's own timeout is per command; ours bounds the wait for the connection to drop.
-        response = await self._guard(
-            self.client.uid("fetch", uid_set(uids), FETCH_ITEMS), self._timeout * 10, "UID FETCH"
-        )
+        fetched = await self._fetch_bodies(uids)
+        if not set(uids) <= {m.uid for m in fetched}:
+            fetched += await self._fetch_missing(uids, fetched)
+        return fetched
+
+    async def _fetch_bodies(self, uids: list[int]) -> list[FetchedMessage]:
+        # A chunk of large messages on a slow link can take minutes: only inactivity ends it.
+        response = await self._guard(self.client.uid("fetch", uid_set(uids), FETCH_ITEMS), None, "UID FETCH")
         return parse_fetch(self._check(response, "UID FETCH").lines)
+
+    async def _fetch_missing(self, uids: list[int], fetched: list[FetchedMessage]) -> list[FetchedMessage]:
+        """The requested messages a FETCH answered OK without: expunged meanwhile (fine: nothing to
+        store), else asked for once more. One the server still leaves out is an error, not a skip: the
+        caller's resume point must not move past a message that exists but was never stored."""
+        missing = sorted(set(uids) - {m.uid for m in fetched})
+        existing = await self.uid_search(f"UID {uid_set(missing)}")
+        if not existing:
+            return []
+        again = await self._fetch_bodies(existing)
+        left = sorted(set(existing) - {m.uid for m in again})
+        if left:
+            shown = ",".join(map(str, left[:10])) + ("…" if len(left) > 10 else "")
+            raise ServerError(f"{self.where}: FETCH answered OK without {len(left)} existing message(s): UID {shown}")
+        return again
 
     async def fetch_headers(self, uids: list[int]) -> list[FetchedMessage]:
         """Header blocks only (`raw` holds them), with flags, INTERNALDATE and the full size."""
         if not uids:
             return []
-        response = await self._guard(
-            self.client.uid("fetch", uid_set(uids), HEADER_ITEMS), self._timeout * 10, "UID FETCH"
-        )
+        response = await self._guard(self.client.uid("fetch", uid_set(uids), HEADER_ITEMS), None, "UID FETCH")
         return parse_fetch(self._check(response, "UID FETCH").lines)
 
     async def fetch_uids(self, lo: int, hi: int) -> list[int]:

@@ -74,10 +74,9 @@ def _handle_responses(
             return
         if current_cmd is not None and current_cmd.wait_literal_data():
             data, pos = current_cmd.append_literal_data(data[pos:] if pos else data), 0
-            if current_cmd.wait_literal_data():
+            if current_cmd.wait_literal_data() or not data:
+                # the literal ended with the read: the rest of its line comes next, for this command
                 raise _lib.IncompleteRead(current_cmd)
-            if not data:
-                continue
         end = data.find(_CRLF, pos)
         if end < 0:
             raise _lib.IncompleteRead(current_cmd, data[pos:])  # type: ignore[arg-type]

@@ -13,7 +13,7 @@ from activities.errors import classified_errors
 from mail.model import FetchedMessage
 from mail.parse import ParsedMessage, parse_many
 from mail.windows import imap_date
-from providers.errors import UidValidityChanged
+from providers.errors import MessagesNotServed, UidValidityChanged
 from providers.imap.client import ImapSession
 from store.folders import FolderRow, record_folder_state, upsert_folders
 from store.pages import PageWriteResult, reuse_stored, thread_messages, write_page
@@ -27,6 +27,7 @@ _ROLE_ORDER = {"inbox": 0, "sent": 1, "archive": 2, "drafts": 3, "flagged": 4}
 _HEARTBEAT_EVERY_S = 5.0
 _WRITES_IN_FLIGHT = 3
 _THREAD_EVERY = 500  # messages written per threading transaction (and per resume point)
+_UNSERVED_AFTER_ATTEMPTS = 3  # attempts a page retries a message the server lists but does not serve
 
 
 def _pages_newest_first(uids: list[int], page_size: int) -> list[UidRange]:
@@ -157,7 +158,15 @@ class ImapActivities:
                     try:
                         for chunk in chunks:
                             wanted = await self._not_stored(session, inp, chunk, summary) if inp.reuse_bodies else chunk
-                            fetched = await session.fetch(wanted)
+                            try:
+                                fetched = await session.fetch(wanted)
+                            except MessagesNotServed as exc:
+                                if info.attempt < _UNSERVED_AFTER_ATTEMPTS:
+                                    raise  # retried: it may be transient
+                                # still refused: recorded and counted as not stored, so the folder and
+                                # the account finish instead of retrying this page for ever
+                                fetched = exc.served
+                                summary.unserved.extend(exc.uids)
                             while len(writes) >= _WRITES_IN_FLIGHT:
                                 await settle_oldest()
                             writes.append((asyncio.create_task(self._write(inp, fetched, summary)), min(chunk)))

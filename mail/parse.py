@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from email.header import decode_header, make_header
 from email.message import Message
 from email.utils import getaddresses, parsedate_to_datetime
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 # The body parse for the snippet is bounded: a 20 MB attachment must not cost a full MIME walk.
 _SNIPPET_SCAN_BYTES = 64 * 1024
@@ -235,14 +235,29 @@ def _simple_fields(block: bytes) -> list[tuple[str, str]] | None:
     return [(name, value.lstrip(" \t")) for name, value in _FIELD_RE.findall(text)]
 
 
-@dataclass(frozen=True)
 class _ContentType:
-    """What the snippet walker and the MIME checks ask of a Content-Type field, as compat32 answers."""
+    """What the snippet walker and the MIME checks ask of a Content-Type field, as compat32 answers,
+    each answer worked out when first asked: compat32 raises on some malformed parameters
+    (`name*=a; name*0=b`), and a part whose charset nobody asks for must not fail on it."""
 
-    ctype: str
-    maintype: str
-    boundary: object  # get_param("boundary"): str, an RFC 2231 tuple, or None
-    charset: str | None
+    def __init__(self, msg: Message) -> None:
+        self._msg = msg
+
+    @cached_property
+    def ctype(self) -> str:
+        return self._msg.get_content_type()
+
+    @cached_property
+    def maintype(self) -> str:
+        return self._msg.get_content_maintype()
+
+    @cached_property
+    def boundary(self) -> object:  # get_param("boundary"): str, an RFC 2231 tuple, or None
+        return self._msg.get_param("boundary")
+
+    @cached_property
+    def charset(self) -> str | None:
+        return self._msg.get_content_charset()
 
 
 def _content_type(msg: Message) -> _ContentType:
@@ -252,19 +267,14 @@ def _content_type(msg: Message) -> _ContentType:
     value = msg.get("content-type")
     if type(value) is str:
         return _content_type_of(value)
-    return _ask(msg)
+    return _ContentType(msg)
 
 
 @lru_cache(maxsize=4096)
 def _content_type_of(value: str) -> _ContentType:
     probe = Message()
     probe["Content-Type"] = value
-    return _ask(probe)
-
-
-def _ask(msg: Message) -> _ContentType:
-    return _ContentType(msg.get_content_type(), msg.get_content_maintype(), msg.get_param("boundary"),
-                        msg.get_content_charset())
+    return _ContentType(probe)
 
 
 def _split_head(part: bytes) -> tuple[Message, bytes]:

@@ -23,6 +23,16 @@ class ServerError(ProviderError):
     """The server answered NO/BAD to a command that should work; usually transient."""
 
 
+class MessagesNotServed(ServerError):
+    """A FETCH answered OK without messages the server still lists, asked twice. `served` holds the
+    messages it did return, so a caller that gives up on the missing ones can keep the rest."""
+
+    def __init__(self, message: str, *, uids: list[int], served: list) -> None:  # type: ignore[type-arg]
+        super().__init__(message)
+        self.uids = uids
+        self.served = served
+
+
 class FolderGone(ProviderError):
     """The folder was deleted or renamed on the server while we were syncing it."""
 

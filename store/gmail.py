@@ -15,7 +15,7 @@ import asyncpg
 from mail.parse import ParsedMessage, parse_message
 from providers.gmail.models import GmailLabel, GmailMessage
 from store.db import STAGE_COLUMNS
-from store.liveness import keep_placed, lock_for_removal
+from store.liveness import keep_placed, lock_messages
 from store.pages import (
     _EXISTING_MESSAGES, _MISSING_BODIES, INSERT_STAGED_MESSAGES, PageWriteResult, _upsert_contacts, account_lock_key,
     refresh_thread_stats,
@@ -218,7 +218,7 @@ async def mark_deleted(conn: asyncpg.Connection, account_id: str, ids: Iterable[
             """UPDATE messages m SET deleted_at = now()
                WHERE m.id = ANY($1::bigint[]) AND m.deleted_at IS NULL
                  AND NOT EXISTS (SELECT 1 FROM gmail_messages g WHERE g.message_pk = m.id AND g.deleted_at IS NULL)""",
-            await lock_for_removal(conn, [r["message_pk"] for r in rows]),
+            await lock_messages(conn, [r["message_pk"] for r in rows]),
         )
     return len(rows), sum(r["size"] for r in rows)
 

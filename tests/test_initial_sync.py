@@ -321,3 +321,26 @@ async def test_uidvalidity_change_with_two_pages_in_flight_leaves_no_stale_rows(
     assert await stored() < 2000  # recreated mid-sync
     await asyncio.wait_for(handle.result(), 120)
     await assert_exact_mirror(pool, account)  # verify counts a location of another UIDVALIDITY as extra
+
+
+async def test_a_message_the_server_will_not_serve_is_counted_not_retried_for_ever(
+    make_account: AccountFactory, pool: asyncpg.Pool, client: Client, cli_env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Dovecot lists UID 5 but every FETCH answer lacks it (injected into the in-process worker's response
+    parser: a real server's bug cannot be ordered from Dovecot). The page retries it, then records it:
+    the sync completes with the message counted as not stored and named, and verify finds it missing."""
+    import providers.imap.client as imap_client
+
+    account = await make_account(corpus(30, seed=47, folders=("INBOX",)))
+    real_parse = imap_client.parse_fetch
+    monkeypatch.setattr(imap_client, "parse_fetch", lambda lines: [m for m in real_parse(lines) if m.uid != 5])
+    result = await run_sync(client, account.id)
+    inbox = next(f for f in result.progress.folders if f.name == "INBOX")
+    assert inbox.phase.value == "done" and inbox.failed == 1 and result.progress.failed == 1
+    assert inbox.done == 29 and inbox.total == 30
+    monkeypatch.undo()  # the server serves it again: verify reads it and finds it missing here
+    report = await verify(pool, account)
+    assert report.totals().missing == 1 and report.totals().extra == 0
+    status = await run_cli(cli_env, "sync", "status", account.id)
+    assert "not stored" in status.stdout, status.stdout

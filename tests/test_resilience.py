@@ -129,13 +129,14 @@ async def test_ctrl_c_on_follow_leaves_the_sync_running(
     assert report.identical
 
 
-@pytest.mark.parametrize("placer_first", [True, False], ids=["placed-then-removed", "removed-then-placed"])
+@pytest.mark.parametrize("first, second", [("place", "remove"), ("remove", "place"), ("place", "place")])
 async def test_placing_a_message_while_its_other_location_is_removed_keeps_it_live(
-    make_account, pool: asyncpg.Pool, placer_first: bool,  # type: ignore[no-untyped-def]
+    make_account, pool: asyncpg.Pool, first: str, second: str,  # type: ignore[no-untyped-def]
 ) -> None:
-    """Two transactions at once: one places message M in folder G (a rebuild, a backfill), the other
-    removes M's location in folder F (an expunge). Whichever commits first, M ends with a location
-    and not deleted (READ COMMITTED alone would let the remover miss the placer's new location)."""
+    """Two transactions at once on message M: placing it in a folder (a rebuild, a backfill) and
+    removing its location in F (an expunge), or placing it in two folders after it was deleted.
+    Whichever commits first, M ends live with its new locations, and nothing deadlocks (READ
+    COMMITTED alone would let the remover miss the placer's new location)."""
     from mail.model import FetchedMessage
     from store.changes import remove_locations
     from store.folders import FolderRow, upsert_folders
@@ -144,25 +145,28 @@ async def test_placing_a_message_while_its_other_location_is_removed_keeps_it_li
     account = await make_account()
     raw = b"From: a@example.test\r\nSubject: moved\r\nMessage-ID: <moved@example.test>\r\n\r\nbody\r\n"
     async with pool.acquire() as conn:
-        ids = await upsert_folders(conn, account.id, [FolderRow("F", "/", None, []), FolderRow("G", "/", None, [])])
+        ids = await upsert_folders(conn, account.id, [FolderRow(n, "/", None, []) for n in ("F", "G", "H")])
         await write_page(conn, account.id, ids["F"], 1, [FetchedMessage(uid=1, raw=raw)])
-    async with pool.acquire() as placer, pool.acquire() as remover:
-        place_tx, remove_tx = placer.transaction(), remover.transaction()
-        await place_tx.start()
-        await remove_tx.start()
-        place = lambda: write_page(placer, account.id, ids["G"], 1, [FetchedMessage(uid=7, raw=raw)])  # noqa: E731
-        remove = lambda: remove_locations(remover, ids["F"], 1, [1])  # noqa: E731
-        first, second = (place, remove) if placer_first else (remove, place)
-        first_tx = place_tx if placer_first else remove_tx
-        second_tx = remove_tx if placer_first else place_tx
-        await first()
-        blocked = asyncio.create_task(second())  # waits for the first transaction's row lock
+        if first == second == "place":  # both re-place a message deleted on the server meanwhile
+            await remove_locations(conn, ids["F"], 1, [1])
+    async with pool.acquire() as one, pool.acquire() as two:
+        def step(kind: str, conn: asyncpg.Connection, folder: str):  # type: ignore[no-untyped-def]
+            if kind == "remove":
+                return remove_locations(conn, ids["F"], 1, [1])
+            return write_page(conn, account.id, ids[folder], 1, [FetchedMessage(uid=7, raw=raw)])
+
+        tx_one, tx_two = one.transaction(), two.transaction()
+        await tx_one.start()
+        await tx_two.start()
+        await step(first, one, "G")
+        blocked = asyncio.create_task(step(second, two, "H"))  # waits for the first one's row lock
         await asyncio.sleep(0.3)
-        await first_tx.commit()
+        await tx_one.commit()
         await asyncio.wait_for(blocked, 10)
-        await second_tx.commit()
+        await tx_two.commit()
     row = await pool.fetchrow(
-        """SELECT m.deleted_at, array_agg(f.name) AS folders FROM messages m
+        """SELECT m.deleted_at, array_agg(f.name ORDER BY f.name) AS folders FROM messages m
            JOIN message_locations l ON l.message_pk = m.id JOIN folders f ON f.id = l.folder_id
            WHERE m.account_id = $1 GROUP BY m.id""", account.id)
-    assert row is not None and list(row["folders"]) == ["G"] and row["deleted_at"] is None
+    placed = [folder for folder, kind in (("G", first), ("H", second)) if kind == "place"]
+    assert row is not None and list(row["folders"]) == placed and row["deleted_at"] is None

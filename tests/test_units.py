@@ -364,3 +364,14 @@ def test_patched_reader_answers_as_aioimaplib_at_every_read_boundary(name: str, 
     for cut in range(1, len(answer)):
         reads = [answer[:cut], answer[cut:]]
         assert _responses(patched, name, args, reads) == _responses(pristine, name, args, reads), cut
+
+
+def test_a_malformed_parameter_of_a_part_nobody_reads_does_not_break_the_parse() -> None:
+    """compat32 raises TypeError decoding `name*=a; name*0=b`: only a part whose parameters are read
+    may fail (the image's are not: it is neither text nor multipart)."""
+    p = parse_message(
+        b"From: a@b\r\nDate: Tue, 24 Nov 2026 10:00:00 +0000\r\nContent-Type: multipart/mixed; boundary=x\r\n\r\n"
+        b"--x\r\nContent-Type: image/png; name*=a; name*0=b\r\n\r\nPNG\r\n"
+        b"--x\r\nContent-Type: text/plain\r\n\r\nhello world\r\n--x--\r\n"
+    )
+    assert p.snippet == "hello world" and p.parse_error is None

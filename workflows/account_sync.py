@@ -16,9 +16,10 @@ from datetime import date, timedelta
 
 from temporalio import workflow
 from temporalio.workflow import ParentClosePolicy
-from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
+from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError, WorkflowAlreadyStartedError
 
 with workflow.unsafe.imports_passed_through():
+    from workflows import patches
     from activities.accounts import AccountActivities
     from activities.gmail_sync import GmailActivities
     from activities.imap_incremental import ImapIncrementalActivities
@@ -61,6 +62,11 @@ def _lanes(running: dict[str, _Mirroring]) -> int:
     """Connections the folders being mirrored hold."""
     return sum(m.lanes for m in running.values())
 
+
+
+def _outcome_reported_elsewhere(child: asyncio.Future) -> None:  # type: ignore[type-arg]
+    if not child.cancelled():
+        child.exception()  # retrieved, so that asyncio does not log it as never retrieved
 
 @workflow.defn
 class AccountSyncWorkflow:
@@ -415,7 +421,10 @@ class AccountSyncWorkflow:
                 self._folders[f.name] = FolderProgress(name=f.name, role=f.role)
                 result.folders_added.append(f.name)
             rebuild = [] if probe_failed else [c.folder for c in st.cursors.values() if not c.mirrored]
-            for folder_id in probe.changed:
+            # folders whose stored size is unknown (after a rebuild or a backfill) are looked at too: recounted
+            recount = [] if probe_failed or not workflow.patched(patches.STORED_SIZE_RECOUNT) else [
+                i for i, c in st.cursors.items() if c.mirrored and c.stored_bytes is None and i not in probe.changed]
+            for folder_id in [*probe.changed, *recount]:
                 cursor = st.cursors.get(folder_id)
                 if cursor is None or not cursor.mirrored:
                     continue
@@ -436,8 +445,9 @@ class AccountSyncWorkflow:
                 raise AccountAuthFailed()
         except AccountAuthFailed:
             # in the audit log too, before the account parks: `sync history` says why passes stopped
-            result.error = f"authentication failed: {self._auth_error}"
-            await self._record_pass(inp, result)
+            if workflow.patched(patches.RECORD_REFUSED_PASS):
+                result.error = f"authentication failed: {self._auth_error}"
+                await self._record_pass(inp, result)
             raise
         finally:
             self._pass_running = False
@@ -528,19 +538,18 @@ class AccountSyncWorkflow:
         if update.phase in (FolderPhase.done, FolderPhase.failed):
             st.backfill_running.remove(update.name)
             self._backfill_changed = True
-            # older mail now in the folder's mirror too (a failed backfill may have stored part of it)
+            # older mail is in the folder's mirror now (part of it, if the backfill failed): the next pass
+            # recounts (adding the backfill's bytes could count twice what a pass meanwhile recounted)
             for c in st.cursors.values():
-                if c.folder.name == update.name and c.stored_bytes is not None and c.stored_flagged is not None:
-                    c.stored_bytes += update.bytes
-                    c.stored_flagged += update.flagged
-                    row = self._folders.get(update.name)
-                    if row is not None:
-                        row.bytes, row.flagged = c.stored_bytes, c.stored_flagged
+                if c.folder.name == update.name:
+                    c.stored_bytes = c.stored_flagged = None
         elif update.phase == FolderPhase.pending:  # stopped unfinished (credentials): queued again, first
             st.backfill_running.remove(update.name)
             folder = next((c.folder for c in st.cursors.values() if c.folder.name == update.name), None)
             if folder is not None:
                 st.backfill_queue.insert(0, folder)
+            # not a refusal of the account's credentials by itself: the report may come late, after new
+            # credentials were stored; the next pass finds out (and backfills relaunch only after a pass)
             self._backfill_changed = True
 
     async def _launch_backfills(self, inp: AccountSyncInput) -> None:
@@ -555,17 +564,24 @@ class AccountSyncWorkflow:
             folder = st.backfill_queue.pop(0)
             if folder.folder_id not in st.cursors:
                 continue  # deleted on the server since
-            st.backfill_running.append(folder.name)
-            await workflow.start_child_workflow(
-                FolderSyncWorkflow.run,
-                FolderSyncInput(
-                    account_id=inp.account_id, folder=folder, parent_workflow_id=workflow.info().workflow_id,
-                    tuning=inp.tuning, since=st.backfill_since, before=st.backfill_before,
-                    progress_signal=BACKFILL_SIGNAL,
-                ),
-                id=f"{workflow.info().workflow_id}/backfill/{folder.folder_id}",
-                parent_close_policy=ParentClosePolicy.ABANDON,
-            )
+            st.backfill_running.append(folder.name)  # before the await: its first report may come at once
+            try:
+                child = await workflow.start_child_workflow(
+                    FolderSyncWorkflow.run,
+                    FolderSyncInput(
+                        account_id=inp.account_id, folder=folder, parent_workflow_id=workflow.info().workflow_id,
+                        tuning=inp.tuning, since=st.backfill_since, before=st.backfill_before,
+                        progress_signal=BACKFILL_SIGNAL,
+                    ),
+                    id=f"{workflow.info().workflow_id}/backfill/{folder.folder_id}",
+                    parent_close_policy=ParentClosePolicy.ABANDON,
+                )
+            except WorkflowAlreadyStartedError:  # its previous child has not closed yet: after the next pass
+                st.backfill_running.remove(folder.name)
+                st.backfill_queue.insert(0, folder)
+                return
+            # its outcome arrives as a backfill_progress signal (also in later runs): the handle's is not needed
+            child.add_done_callback(_outcome_reported_elsewhere)
 
     # ---- the IDLE watcher -----------------------------------------------------------------------
 
@@ -641,6 +657,8 @@ class AccountSyncWorkflow:
 
     async def _wait_for_credentials(self, inp: AccountSyncInput) -> None:
         assert self._progress is not None
+        if not workflow.patched(patches.CREDENTIALS_FLAG_AT_REFUSAL):
+            self._credentials_updated = False  # how runs started before the patch decided
         await self._stop_watch()
         phase = self._auth_phase()
         self._publish(phase)

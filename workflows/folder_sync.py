@@ -9,6 +9,7 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
 
 with workflow.unsafe.imports_passed_through():
+    from workflows import patches
     from activities.imap_sync import ImapActivities
     from workflows.models import (
         FolderPhase, FolderProgress, FolderState, FolderSyncInput, FolderSyncResult, PageSummary,
@@ -85,7 +86,10 @@ class FolderSyncWorkflow:
                 await workflow.wait_condition(
                     lambda: any(t.done() for t in running.values()) or (self._lent > 0 and not due)
                 )
-                for hi in [hi for hi, t in running.items() if t.done()]:
+                settled = [hi for hi, t in running.items() if t.done()]
+                # completed pages first: a failure raised below (a restart, a stuck page) must not drop them
+                settled.sort(key=lambda hi: running[hi].cancelled() or running[hi].exception() is not None)
+                for hi in settled:
                     summary = running.pop(hi).result()
                     page = next(p for p in st.pending if p.hi == hi)
                     st.pending.remove(page)
@@ -95,7 +99,11 @@ class FolderSyncWorkflow:
                     st.progress.bytes += summary.bytes + summary.reused_bytes
                     st.progress.downloaded += summary.bytes + summary.header_bytes
                     st.progress.reused += summary.reused
+                    st.progress.failed += len(summary.unserved)
                     st.progress.error = None
+                    if summary.unserved:  # verify lists them as missing; a rebuild asks for them again
+                        shown = ",".join(map(str, summary.unserved[:10]))
+                        st.progress.error = f"the server would not serve {len(summary.unserved)} message(s): UID {shown}"
                     st.pages_done += 1
                     pages_this_run += 1
                 await self._report(inp)
@@ -207,10 +215,11 @@ class FolderSyncWorkflow:
                 changed = message != self._state.progress.error
                 self._state.progress.error = message
                 stale = self._last_report is None or workflow.now() - self._last_report >= _REPORT_SAME_ERROR_EVERY
-                if changed or stale:
+                throttled = workflow.patched(patches.THROTTLED_ERROR_REPORTS)
+                if changed or stale or not throttled:
                     await self._report(inp, force=True)
                 await workflow.sleep(PAUSE_AFTER_EXHAUSTED)
-                if workflow.info().is_continue_as_new_suggested():
+                if throttled and workflow.info().is_continue_as_new_suggested():
                     raise _Stuck() from err
 
     async def _report(self, inp: FolderSyncInput, *, force: bool = False) -> None:

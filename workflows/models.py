@@ -96,6 +96,7 @@ class PageSummary(BaseModel):
     reused_bytes: int = 0            # their sizes (RFC822.SIZE)
     header_bytes: int = 0            # header blocks fetched to find those
     resumed_from: int | None = None  # set when a retried attempt skipped work a previous one persisted
+    unserved: list[int] = Field(default_factory=list)  # UIDs the server listed but would not serve
 
 
 class SetStatusInput(BaseModel):

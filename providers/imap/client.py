@@ -22,7 +22,7 @@ import aioimaplib
 from aioimaplib.aioimaplib import Command, IdleCommand
 
 from mail.model import FetchedMessage
-from providers.errors import AuthError, FolderGone, NetworkError, ServerError
+from providers.errors import AuthError, FolderGone, MessagesNotServed, NetworkError, ServerError
 from providers.imap import wire
 from providers.imap.parse import (
     FolderInfo,
@@ -57,6 +57,7 @@ _LOGIN_REFUSED_FOR_NOW = (
     "unavailable", "serverbug", "[limit]", "[inuse]", "too many simultaneous connections",
     "too many connections", "bandwidth limit", "try again later", "temporarily unavailable",
 )
+_CREDENTIALS_REFUSED = ("[AUTHENTICATIONFAILED]", "[AUTHORIZATIONFAILED]", "[EXPIRED]", "[PRIVACYREQUIRED]")
 # NUL, CR and LF would end or split a command line on the wire (RFC 3501 section 9).
 _CONTROL_CHARS = re.compile(r"[\x00\r\n]")
 
@@ -184,7 +185,9 @@ class ImapSession:
         response = await self._guard(client.login(s.username, self._password), self._auth_timeout, "login")
         if response.result != "OK":
             text = b" ".join(bytes(l) for l in response.lines).decode("utf-8", "replace")
-            if any(marker in text.lower() for marker in _LOGIN_REFUSED_FOR_NOW):
+            # the credentials' own codes first: "[AUTHENTICATIONFAILED] … try again later" is still a refusal
+            refused = any(code in text.upper() for code in _CREDENTIALS_REFUSED)
+            if not refused and any(marker in text.lower() for marker in _LOGIN_REFUSED_FOR_NOW):
                 raise ServerError(f"login on {self.where} refused temporarily: {text}")
             raise AuthError(f"login failed for {s.username} on {self.where}: {text}")
         if any(b"initialization failed" in bytes(l) for l in response.lines):
@@ -310,7 +313,10 @@ class ImapSession:
         left = sorted(set(existing) - {m.uid for m in again})
         if left:
             shown = ",".join(map(str, left[:10])) + ("…" if len(left) > 10 else "")
-            raise ServerError(f"{self.where}: FETCH answered OK without {len(left)} existing message(s): UID {shown}")
+            raise MessagesNotServed(
+                f"{self.where}: FETCH answered OK without {len(left)} existing message(s): UID {shown}",
+                uids=left, served=[*fetched, *again],
+            )
         return again
 
     async def fetch_headers(self, uids: list[int]) -> list[FetchedMessage]:

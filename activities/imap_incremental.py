@@ -118,8 +118,11 @@ class ImapIncrementalActivities:
                     fetched = await session.fetch(chunk)
                     parsed = parse_many([m.raw for m in fetched])
                     async with self.deps.pool.acquire() as conn:
-                        await persist_page(conn, inp.account_id, cursor.folder.folder_id, cursor.uidvalidity, fetched, parsed)
+                        written = await persist_page(
+                            conn, inp.account_id, cursor.folder.folder_id, cursor.uidvalidity, fetched, parsed)
                     result.new += len(fetched)
+                    result.bytes_delta += written.bytes
+                    result.flagged_delta += written.parse_errors
                     activity.heartbeat(chunk[-1])
                 result.more = bool(rest)
                 if rest:
@@ -132,7 +135,9 @@ class ImapIncrementalActivities:
                     conn, cursor.folder.folder_id, uidvalidity=cursor.uidvalidity, uidnext=result.cursor.uidnext,
                     highestmodseq=result.cursor.highestmodseq, message_count=status.messages,
                 )
-                if result.new or result.expunged or cursor.stored_bytes is None or cursor.stored_flagged is None:
+                # deltas are exact only for a first attempt (a retried one may not see what an earlier
+                # one wrote or removed); an unknown size is counted whole, once
+                if cursor.stored_bytes is None or cursor.stored_flagged is None or info.attempt > 1:
                     result.stored_bytes, result.stored_flagged = await stored_totals(
                         conn, cursor.folder.folder_id, cursor.uidvalidity)
         return result
@@ -180,7 +185,10 @@ class ImapIncrementalActivities:
             result.cursor.highestmodseq = status.highestmodseq
         async with self.deps.pool.acquire() as conn:
             result.updated = await update_flags(conn, folder_id, uidvalidity, flag_updates)
-            result.expunged = await remove_locations(conn, folder_id, uidvalidity, gone)
+            removed = await remove_locations(conn, folder_id, uidvalidity, gone)
+        result.expunged = removed.locations
+        result.bytes_delta -= removed.bytes
+        result.flagged_delta -= removed.flagged
 
     @activity.defn
     async def watch_mailbox(self, inp: WatchInput) -> WatchResult:

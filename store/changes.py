@@ -74,18 +74,30 @@ async def update_flags(
     return int(status.split()[-1])
 
 
-async def remove_locations(conn: asyncpg.Connection, folder_id: int, uidvalidity: int, uids: Sequence[int]) -> int:
+@dataclass
+class Removed:
+    locations: int = 0
+    bytes: int = 0      # sizes of the messages those locations held (a folder's mirror shrinks by this)
+    flagged: int = 0    # of them, flagged unparseable
+
+
+async def remove_locations(
+    conn: asyncpg.Connection, folder_id: int, uidvalidity: int, uids: Sequence[int]
+) -> Removed:
     """Expunged UIDs: their locations go; a message left with no location is marked deleted."""
     if not uids:
-        return 0
+        return Removed()
     async with conn.transaction():
         gone = await conn.fetch(
-            """DELETE FROM message_locations WHERE folder_id = $1 AND uidvalidity = $2 AND uid = ANY($3::bigint[])
-               RETURNING message_pk""",
+            """WITH gone AS (
+                   DELETE FROM message_locations WHERE folder_id = $1 AND uidvalidity = $2 AND uid = ANY($3::bigint[])
+                   RETURNING message_pk)
+               SELECT g.message_pk, m.size, m.parse_error IS NOT NULL AS flagged
+               FROM gone g JOIN messages m ON m.id = g.message_pk""",
             folder_id, uidvalidity, list(uids),
         )
         await mark_orphans(conn, [r["message_pk"] for r in gone])
-    return len(gone)
+    return Removed(len(gone), sum(r["size"] for r in gone), sum(1 for r in gone if r["flagged"]))
 
 
 async def remove_stale_locations(conn: asyncpg.Connection, folder_id: int, uidvalidity: int) -> int:

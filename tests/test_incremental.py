@@ -68,6 +68,16 @@ async def assert_identical(pool: asyncpg.Pool, account: TestAccount) -> None:
     assert report.identical, bad
 
 
+async def assert_sizes_shown(pool: asyncpg.Pool, handle: WorkflowHandle, account: TestAccount) -> None:
+    """What progress shows per folder (MB, flagged) is what the mirror holds: the database's sums."""
+    held = await pool.fetch(
+        """SELECT f.name, sum(m.size) AS bytes, count(*) FILTER (WHERE m.parse_error IS NOT NULL) AS flagged
+           FROM message_locations l JOIN messages m ON m.id = l.message_pk JOIN folders f ON f.id = l.folder_id
+           WHERE l.account_id = $1 GROUP BY f.name""", account.id)
+    shown = {f.name: (f.bytes, f.flagged) for f in (await progress(handle)).folders}
+    assert shown == {r["name"]: (r["bytes"], r["flagged"]) for r in held}
+
+
 def uids(conn: imaplib.IMAP4, folder: str) -> list[bytes]:
     conn.select(f'"{folder}"')
     return conn.uid("SEARCH", None, "ALL")[1][0].split()
@@ -124,6 +134,7 @@ async def test_changes_on_the_server_are_mirrored_exactly(
 
     again = await sync_now(handle)
     assert (again.new, again.updated, again.expunged) == (0, 0, 0)
+    await assert_sizes_shown(pool, handle, account)  # new and expunged counted in, the rename recounted
 
     history = await run_cli(cli_env, "sync", "history", account.id, "--json")
     assert history.returncode == 0, history.stderr
@@ -407,14 +418,8 @@ async def test_recent_window_first_then_backfill_in_the_background(
         return (await progress(handle)).phase == AccountPhase.idle and (await progress(handle)).backfill_pending == 0
 
     assert await until(backfilled, timeout=60)
-    # what status shows per folder is what the mirror holds, the backfilled older mail included
-    held = await pool.fetch(
-        """SELECT f.name, sum(m.size) AS bytes, count(*) FILTER (WHERE m.parse_error IS NOT NULL) AS flagged
-           FROM message_locations l JOIN messages m ON m.id = l.message_pk JOIN folders f ON f.id = l.folder_id
-           WHERE l.account_id = $1 GROUP BY f.name""", account.id)
-    shown = {f.name: (f.bytes, f.flagged) for f in (await progress(handle)).folders}
-    assert shown == {r["name"]: (r["bytes"], r["flagged"]) for r in held}
-    assert sum(r["flagged"] for r in held) > 0
+    await assert_sizes_shown(pool, handle, account)  # the backfilled older mail included
+    assert sum(f.flagged for f in (await progress(handle)).folders) > 0
     children = [w async for w in client.list_workflows(
         f"WorkflowId STARTS_WITH '{account_workflow_id(account.id)}/backfill/'")]
     assert len(children) == 2  # one backfill per folder, run beside the live loop

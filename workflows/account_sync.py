@@ -478,6 +478,7 @@ class AccountSyncWorkflow:
         changes = FolderChanges(folder=cursor.folder.name)
         check_flags = True
         while True:
+            epoch = cursor.size_epoch
             try:
                 r: FolderChangesResult = await self._activity(
                     ImapIncrementalActivities.sync_folder_changes,
@@ -496,8 +497,13 @@ class AccountSyncWorkflow:
             if r.uidvalidity_changed:
                 return None
             cursor.uidnext, cursor.highestmodseq, cursor.messages = r.cursor.uidnext, r.cursor.highestmodseq, r.cursor.messages
-            if r.stored_bytes is not None:  # taken only when recounted: a backfill may have added since
+            if cursor.size_epoch != epoch:
+                pass  # a backfill finished meanwhile: the size stays unknown, the next pass recounts it
+            elif r.stored_bytes is not None:
                 cursor.stored_bytes, cursor.stored_flagged = r.stored_bytes, r.stored_flagged
+            elif cursor.stored_bytes is not None and cursor.stored_flagged is not None:
+                cursor.stored_bytes += r.bytes_delta
+                cursor.stored_flagged += r.flagged_delta
             changes.new += r.new
             changes.updated += r.updated
             changes.expunged += r.expunged
@@ -543,6 +549,7 @@ class AccountSyncWorkflow:
             for c in st.cursors.values():
                 if c.folder.name == update.name:
                     c.stored_bytes = c.stored_flagged = None
+                    c.size_epoch += 1
         elif update.phase == FolderPhase.pending:  # stopped unfinished (credentials): queued again, first
             st.backfill_running.remove(update.name)
             folder = next((c.folder for c in st.cursors.values() if c.folder.name == update.name), None)

@@ -188,6 +188,7 @@ class FolderCursor(BaseModel):
     # what the folder holds in the mirror, for progress; None: not known (recounted by the next pass)
     stored_bytes: int | None = None
     stored_flagged: int | None = None
+    size_epoch: int = 0  # bumped when the size is invalidated: a pass that began before leaves it unknown
 
 
 class FolderChanges(BaseModel):
@@ -365,7 +366,10 @@ class FolderChangesResult(BaseModel):
     expunged: int = 0
     more: bool = False               # new messages remain above cursor.uidnext
     uidvalidity_changed: bool = False
-    # recounted when the pass changed the folder (or the count was unknown); None: not recounted
+    # what the pass added to / removed from the folder's mirror (exact when the activity ran once)
+    bytes_delta: int = 0
+    flagged_delta: int = 0
+    # recounted from the database when the size was unknown or the activity was retried; None: not
     stored_bytes: int | None = None
     stored_flagged: int | None = None
 

@@ -22,6 +22,11 @@ BACKOFF_START_S = 1.0
 BACKOFF_CAP_S = 30.0
 
 
+# Attempts an activity retries a message the server lists but does not serve before it records the
+# message as not stored and goes on (at most PASS_RETRY's attempts: a pass's last attempt gives up).
+UNSERVED_AFTER_ATTEMPTS = 3
+
+
 def backoff_delay(attempt: int) -> timedelta:
     """1 s doubling to 30 s, with ±50 % jitter so a fleet of accounts does not retry in lockstep."""
     base = min(BACKOFF_CAP_S, BACKOFF_START_S * 2 ** max(0, attempt - 1))

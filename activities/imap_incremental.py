@@ -12,8 +12,9 @@ from contextlib import suppress
 from temporalio import activity
 
 from activities.deps import Deps
-from activities.errors import classified_errors
+from activities.errors import UNSERVED_AFTER_ATTEMPTS, classified_errors
 from mail.parse import parse_many
+from providers.errors import MessagesNotServed
 from providers.imap.client import ImapSession
 from providers.imap.parse import FolderStatus
 from store.changes import (
@@ -115,7 +116,13 @@ class ImapIncrementalActivities:
                 batch, rest = new_uids[: inp.max_new], new_uids[inp.max_new :]
                 for i in range(0, len(batch), inp.chunk_size):
                     chunk = batch[i : i + inp.chunk_size]
-                    fetched = await session.fetch(chunk)
+                    try:
+                        fetched = await session.fetch(chunk)
+                    except MessagesNotServed as exc:
+                        if info.attempt < UNSERVED_AFTER_ATTEMPTS:
+                            raise
+                        fetched = exc.served  # recorded as not stored: the folder's new mail goes on
+                        result.unserved += exc.uids
                     parsed = parse_many([m.raw for m in fetched])
                     async with self.deps.pool.acquire() as conn:
                         written = await persist_page(

@@ -9,7 +9,7 @@ from contextlib import suppress
 from temporalio import activity
 
 from activities.deps import Deps
-from activities.errors import classified_errors
+from activities.errors import UNSERVED_AFTER_ATTEMPTS, classified_errors
 from mail.model import FetchedMessage
 from mail.parse import ParsedMessage, parse_many
 from mail.windows import imap_date
@@ -27,7 +27,6 @@ _ROLE_ORDER = {"inbox": 0, "sent": 1, "archive": 2, "drafts": 3, "flagged": 4}
 _HEARTBEAT_EVERY_S = 5.0
 _WRITES_IN_FLIGHT = 3
 _THREAD_EVERY = 500  # messages written per threading transaction (and per resume point)
-_UNSERVED_AFTER_ATTEMPTS = 3  # attempts a page retries a message the server lists but does not serve
 
 
 def _pages_newest_first(uids: list[int], page_size: int) -> list[UidRange]:
@@ -101,14 +100,18 @@ class ImapActivities:
     async def sync_page(self, inp: SyncPageInput) -> PageSummary:
         """Fetch one page in chunks, newest first, writing chunk k while chunk k+1 downloads.
 
-        Heartbeat details carry the lowest UID persisted so far; a retried attempt starts below it.
+        Heartbeat details carry the lowest UID persisted so far (a retried attempt starts below it) and
+        the UIDs the server would not serve so far (still reported by the attempt that finishes).
         """
         info = activity.info()
         resume_below: int | None = None
+        unserved_before: list[int] = []
         if info.heartbeat_details:
             with suppress(Exception):
                 resume_below = int(info.heartbeat_details[0])
-        summary = PageSummary(resumed_from=resume_below)
+            with suppress(Exception):
+                unserved_before = [int(u) for u in info.heartbeat_details[1] if int(u) >= (resume_below or 0)]
+        summary = PageSummary(resumed_from=resume_below, unserved=unserved_before)
         progress = {"below": resume_below}
 
         timeout = info.heartbeat_timeout.total_seconds() if info.heartbeat_timeout else 60.0
@@ -117,7 +120,7 @@ class ImapActivities:
         async def beat() -> None:
             while True:
                 await asyncio.sleep(every)
-                activity.heartbeat(progress["below"])
+                activity.heartbeat(progress["below"], summary.unserved)
 
         beater = asyncio.create_task(beat())
         try:
@@ -132,7 +135,7 @@ class ImapActivities:
                     uids = await session.fetch_uids(inp.page.lo, inp.page.hi)
                     if resume_below is not None:
                         # persisted by an earlier attempt: counted as done, not fetched again
-                        summary.fetched += sum(1 for u in uids if u >= resume_below)
+                        summary.fetched += sum(1 for u in uids if u >= resume_below and u not in unserved_before)
                         uids = [u for u in uids if u < resume_below]
                     uids.sort(reverse=True)
                     summary.vanished = max(0, inp.page.count - len(uids)) if resume_below is None else 0
@@ -153,7 +156,7 @@ class ImapActivities:
                             unthreaded.clear()
                         # settled in fetch order, so every UID above `lowest` is stored and threaded
                         progress["below"] = lowest
-                        activity.heartbeat(lowest)
+                        activity.heartbeat(lowest, summary.unserved)
 
                     try:
                         for chunk in chunks:
@@ -161,12 +164,12 @@ class ImapActivities:
                             try:
                                 fetched = await session.fetch(wanted)
                             except MessagesNotServed as exc:
-                                if info.attempt < _UNSERVED_AFTER_ATTEMPTS:
+                                if info.attempt < UNSERVED_AFTER_ATTEMPTS:
                                     raise  # retried: it may be transient
                                 # still refused: recorded and counted as not stored, so the folder and
                                 # the account finish instead of retrying this page for ever
                                 fetched = exc.served
-                                summary.unserved.extend(exc.uids)
+                                summary.unserved = sorted(set(summary.unserved) | set(exc.uids), reverse=True)
                             while len(writes) >= _WRITES_IN_FLIGHT:
                                 await settle_oldest()
                             writes.append((asyncio.create_task(self._write(inp, fetched, summary)), min(chunk)))

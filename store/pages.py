@@ -343,6 +343,8 @@ async def reuse_stored(
             head_of[pk] = m.raw
     if placed:
         async with conn.transaction():
+            # lock, then insert, as every placer does (store/liveness.py): the other order deadlocks
+            await keep_placed(conn, [p[1] for p in placed])
             await conn.execute(
                 """INSERT INTO message_locations
                        (account_id, folder_id, uidvalidity, uid, message_pk, flags, internaldate)
@@ -354,7 +356,6 @@ async def reuse_stored(
                 account_id, folder_id, uidvalidity, [p[0] for p in placed], [p[1] for p in placed],
                 [" ".join(p[2]) for p in placed], [p[3] for p in placed],
             )
-            await keep_placed(conn, [p[1] for p in placed])
         # written by an attempt that died before threading them: their header block is enough
         unthreaded = await conn.fetch(
             "SELECT id FROM messages WHERE id = ANY($1::bigint[]) AND thread_id IS NULL", sorted(head_of))

@@ -645,3 +645,35 @@ async def test_a_sync_waiting_on_an_unreachable_server_says_what_it_retries(
     status = await run_cli(cli_env, "sync", "status", account.id)
     assert status.returncode == 0 and "retrying: discover_folders (attempt" in status.stdout, status.stdout
     await client.get_workflow_handle(account_workflow_id(account.id)).terminate()
+
+
+async def test_new_mail_the_server_will_not_serve_does_not_stall_the_folder(
+    make_account: AccountFactory, pool: asyncpg.Pool, client: Client, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A new message every FETCH answer lacks (injected into the in-process worker's response parser) is
+    retried by the pass's attempts, then counted as not stored and named; the next new mail is mirrored."""
+    import providers.imap.client as imap_client
+
+    account = await make_account(corpus(10, seed=48, folders=("INBOX",)))
+    handle = await start_live(client, account.id)
+    c = account.imap()
+    try:
+        c.append("INBOX", None, None, new_message(11))
+        c.select("INBOX")
+        bad = int(c.uid("SEARCH", None, "ALL")[1][0].split()[-1])
+    finally:
+        c.logout()
+    real_parse = imap_client.parse_fetch
+    monkeypatch.setattr(imap_client, "parse_fetch", lambda lines: [m for m in real_parse(lines) if m.uid != bad])
+    skipped = await sync_now(handle)
+    assert skipped.new == 0 and skipped.folders[0].error and skipped.folders[0].error.endswith(f"UID {bad}")
+    inbox = next(f for f in (await progress(handle)).folders if f.name == "INBOX")
+    assert (inbox.failed, inbox.done, inbox.total) == (1, 10, 11)
+    monkeypatch.undo()
+    c = account.imap()
+    try:
+        c.append("INBOX", None, None, new_message(12))
+    finally:
+        c.logout()
+    assert (await sync_now(handle)).new == 1
+    await handle.terminate()

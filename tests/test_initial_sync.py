@@ -338,6 +338,7 @@ async def test_a_message_the_server_will_not_serve_is_counted_not_retried_for_ev
     result = await run_sync(client, account.id)
     inbox = next(f for f in result.progress.folders if f.name == "INBOX")
     assert inbox.phase.value == "done" and inbox.failed == 1 and result.progress.failed == 1
+    assert inbox.error is not None and inbox.error.endswith("UID 5")  # kept, whichever page settled last
     assert inbox.done == 29 and inbox.total == 30
     monkeypatch.undo()  # the server serves it again: verify reads it and finds it missing here
     report = await verify(pool, account)

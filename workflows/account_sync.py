@@ -199,6 +199,7 @@ class AccountSyncWorkflow:
             self._folders[c.folder.name] = FolderProgress(
                 name=c.folder.name, role=c.folder.role, phase=FolderPhase.done, total=c.messages or 0,
                 done=c.messages or 0, bytes=c.stored_bytes or 0, flagged=c.stored_flagged or 0,
+                failed=c.not_stored,
             )
         if st.provider is None:
             described: DescribeAccountResult = await self._activity(
@@ -298,9 +299,10 @@ class AccountSyncWorkflow:
                 cursor.messages = r.progress.total
                 cursor.mirrored = True
                 # a folder placed partly from stored bodies did not parse them: the next pass recounts
-                fresh = r.progress.reused == 0
+                fresh = r.progress.reused == 0 and r.sizes_exact
                 cursor.stored_bytes = r.progress.bytes if fresh else None
                 cursor.stored_flagged = r.progress.flagged if fresh else None
+                cursor.not_stored = r.progress.failed
         return results
 
     def _lend_candidate(
@@ -490,6 +492,8 @@ class AccountSyncWorkflow:
                     heartbeat=timedelta(seconds=inp.tuning.heartbeat_seconds),
                 )
             except ActivityError as err:
+                # an attempt may have removed or written part of the changes: the size is recounted
+                cursor.stored_bytes = cursor.stored_flagged = None
                 if failure_type(err) == "FolderGone":
                     return changes  # the next probe sees it gone
                 changes.error = failure_message(err)
@@ -507,9 +511,14 @@ class AccountSyncWorkflow:
             changes.new += r.new
             changes.updated += r.updated
             changes.expunged += r.expunged
+            if r.unserved:  # counted as not stored, named in the pass's history
+                cursor.not_stored += len(r.unserved)
+                changes.error = f"the server would not serve {len(r.unserved)} new message(s): UID " + ",".join(
+                    map(str, r.unserved[:10]))
             progress = self._folders.get(cursor.folder.name)
             if progress is not None:
-                progress.total, progress.done = cursor.messages or 0, cursor.messages or 0
+                progress.total = cursor.messages or 0
+                progress.done, progress.failed = max(0, progress.total - cursor.not_stored), cursor.not_stored
                 progress.bytes, progress.flagged = cursor.stored_bytes or 0, cursor.stored_flagged or 0
                 progress.updated_at = workflow.now()
             if not r.more:

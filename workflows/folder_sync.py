@@ -100,10 +100,9 @@ class FolderSyncWorkflow:
                     st.progress.downloaded += summary.bytes + summary.header_bytes
                     st.progress.reused += summary.reused
                     st.progress.failed += len(summary.unserved)
-                    st.progress.error = None
-                    if summary.unserved:  # verify lists them as missing; a rebuild asks for them again
-                        shown = ",".join(map(str, summary.unserved[:10]))
-                        st.progress.error = f"the server would not serve {len(summary.unserved)} message(s): UID {shown}"
+                    st.unserved = (st.unserved + summary.unserved)[:10]
+                    st.sizes_exact = st.sizes_exact and summary.resumed_from is None
+                    st.progress.error = _unserved_note(st)
                     st.pages_done += 1
                     pages_this_run += 1
                 await self._report(inp)
@@ -142,6 +141,7 @@ class FolderSyncWorkflow:
                 raise
         st.progress.phase = FolderPhase.done
         st.progress.total = max(st.progress.total, st.progress.done)
+        st.progress.error = _unserved_note(st)
         await self._report(inp, force=True)
         return self._result(inp, st)
 
@@ -159,7 +159,7 @@ class FolderSyncWorkflow:
     def _result(self, inp: FolderSyncInput, st: FolderState) -> FolderSyncResult:
         return FolderSyncResult(
             folder=inp.folder, progress=st.progress, uidvalidity=st.uidvalidity, uidnext=st.uidnext,
-            highestmodseq=st.highestmodseq,
+            highestmodseq=st.highestmodseq, sizes_exact=st.sizes_exact,
         )
 
     async def _plan(self, inp: FolderSyncInput, st: FolderState) -> None:
@@ -236,3 +236,10 @@ class FolderSyncWorkflow:
 
 class _FolderGone(Exception):
     pass
+
+
+def _unserved_note(st: FolderState) -> str | None:
+    """Kept as the folder's error (verify lists them missing; a resync asks for them again)."""
+    if not st.progress.failed:
+        return None
+    return f"the server would not serve {st.progress.failed} message(s): UID {','.join(map(str, st.unserved))}"

@@ -140,6 +140,10 @@ class FolderState(BaseModel):
     pages_done: int = 0
     restarts: int = 0                # UIDVALIDITY changes seen during this sync
     lanes: int = 1                   # pages fetched at once: connections the account workflow lent it
+    # progress.bytes/flagged count every message in the folder (no page resumed past messages an earlier
+    # attempt stored, whose sizes it does not see)
+    sizes_exact: bool = True
+    unserved: list[int] = Field(default_factory=list)  # UIDs the server would not serve (named, first 10)
 
 
 class FolderSyncInput(BaseModel):
@@ -160,6 +164,7 @@ class FolderSyncResult(BaseModel):
     uidvalidity: int | None = None
     uidnext: int | None = None
     highestmodseq: int | None = None
+    sizes_exact: bool = True         # see FolderState
 
 
 class AccountPhase(str, Enum):
@@ -189,6 +194,7 @@ class FolderCursor(BaseModel):
     stored_bytes: int | None = None
     stored_flagged: int | None = None
     size_epoch: int = 0  # bumped when the size is invalidated: a pass that began before leaves it unknown
+    not_stored: int = 0  # messages the server listed but would not serve (see FolderProgress.failed)
 
 
 class FolderChanges(BaseModel):
@@ -366,6 +372,7 @@ class FolderChangesResult(BaseModel):
     expunged: int = 0
     more: bool = False               # new messages remain above cursor.uidnext
     uidvalidity_changed: bool = False
+    unserved: list[int] = Field(default_factory=list)  # new UIDs the server listed but would not serve
     # what the pass added to / removed from the folder's mirror (exact when the activity ran once)
     bytes_delta: int = 0
     flagged_delta: int = 0

@@ -63,6 +63,7 @@ class ChaosProxy:
         self.cuts_done = 0
         self._cut_after: int | None = None
         self._cuts_left = 0
+        self._answer_delay = 0.0
         self._lock = threading.Lock()
         self._links: set[_Link] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -84,6 +85,11 @@ class ChaosProxy:
         with self._lock:
             self._cut_after = n if cuts else None
             self._cuts_left = cuts
+
+    def delay_answers(self, seconds: float) -> None:
+        """Hold each new connection's first server bytes (an IMAP greeting) back `seconds`: a slow server."""
+        with self._lock:
+            self._answer_delay = max(0.0, seconds)
 
     def disarm(self) -> None:
         """Forget any pending cuts; traffic flows normally."""
@@ -195,6 +201,8 @@ class ChaosProxy:
                 link.reset()
                 return
             link.upstream = upstream_writer
+            if self._answer_delay:
+                await asyncio.sleep(self._answer_delay)
             link.tasks = [
                 asyncio.ensure_future(self._pump(client_reader, upstream_writer, link, downstream=False)),
                 asyncio.ensure_future(self._pump(upstream_reader, client_writer, link, downstream=True)),

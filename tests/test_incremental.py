@@ -677,3 +677,41 @@ async def test_new_mail_the_server_will_not_serve_does_not_stall_the_folder(
         c.logout()
     assert (await sync_now(handle)).new == 1
     await handle.terminate()
+
+
+async def test_a_refusal_of_credentials_replaced_meanwhile_tries_the_new_ones(
+    make_account: AccountFactory, dovecot: DovecotServer, pool: asyncpg.Pool, client: Client, box: CredentialBox,
+) -> None:
+    """The server's password changed; a slow server holds the first login (read with the old password)
+    while the user stores the new one and signals it; the old login's refusal arrives after that and
+    must not park the account (it would wait for credentials it already has)."""
+    from store.accounts import update_credentials
+
+    with ChaosProxy(dovecot.host, dovecot.port) as proxy:
+        account = await make_account(corpus(20, seed=49), port=proxy.port)
+        dovecot.set_password(account.username, "new-pw")
+        proxy.delay_answers(3.0)  # under the 5 s login timeout
+        await client.start_workflow(
+            AccountSyncWorkflow.run, AccountSyncInput(account_id=account.id, tuning=LIVE),
+            id=account_workflow_id(account.id), task_queue="mailsync-test",
+        )
+        handle = client.get_workflow_handle(account_workflow_id(account.id))
+        assert await until(lambda: _connected(proxy), timeout=10)  # discovery has read the old password
+        async with pool.acquire() as conn:  # what `account update` does, without its own slow login
+            await update_credentials(conn, account.id, box.seal(b"new-pw", account.id))
+        await handle.signal(AccountSyncWorkflow.credentials_updated)
+        proxy.delay_answers(0)
+
+        async def usable() -> bool:
+            p = await progress(handle)
+            return p.phase == AccountPhase.idle and p.passes >= 1
+
+        assert await until(usable, timeout=60), (await progress(handle)).model_dump_json()
+        assert await pool.fetchval("SELECT status FROM accounts WHERE id = $1", account.id) == "active"
+        account.password, account.port = "new-pw", dovecot.port
+        await assert_identical(pool, account)
+        await handle.terminate()
+
+
+async def _connected(proxy: ChaosProxy) -> bool:
+    return proxy.connections >= 1

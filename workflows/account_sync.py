@@ -80,7 +80,9 @@ class AccountSyncWorkflow:
         self._results: dict[int, PassResult] = {}
         self._pass_running = False
         self._credentials_updated = False
+        self._credentials_gen = 0  # credentials_updated signals this run has received
         self._watches: dict[str, asyncio.Task[WatchResult]] = {}
+        self._watch_gen: dict[str, int] = {}  # _credentials_gen when each watch started
         self._account_id = inp.account_id
         self._tuning = inp.tuning
         self._published: AccountPhase | None = None
@@ -143,11 +145,17 @@ class AccountSyncWorkflow:
     @workflow.signal
     def credentials_updated(self) -> None:
         self._credentials_updated = True
+        self._credentials_gen += 1
         self._st.changed = True
 
     @workflow.signal
     def credentials_expired(self, expired: CredentialsExpired) -> None:
         self._auth_failed(expired.reason)
+
+    def _stale_refusal(self, gen: int) -> bool:
+        """A refusal of credentials that were replaced while the call ran: the new ones get a try
+        instead (the activity read the old ones when it started)."""
+        return self._credentials_gen != gen and workflow.patched(patches.STALE_REFUSALS_RETRIED)
 
     def _auth_failed(self, reason: str) -> None:
         """Record refused credentials. Only credentials signalled from now on can end the wait: new
@@ -618,6 +626,7 @@ class AccountSyncWorkflow:
         for name in self._watched_folders(inp):
             if name in self._watches:
                 continue
+            self._watch_gen[name] = self._credentials_gen
             self._watches[name] = asyncio.ensure_future(workflow.execute_activity_method(
                 ImapIncrementalActivities.watch_mailbox,
                 WatchInput(
@@ -640,7 +649,8 @@ class AccountSyncWorkflow:
                     self._st.changed = True
             except ActivityError as err:  # the poll interval still covers the account; retried next idle
                 if failure_type(err) in AUTH_TYPES:
-                    self._auth_failed(failure_message(err))
+                    if not self._stale_refusal(self._watch_gen.get(name, self._credentials_gen)):
+                        self._auth_failed(failure_message(err))
                 elif self._progress is not None:
                     self._progress.last_error = f"watch {name}: {failure_message(err)}"
 
@@ -689,6 +699,7 @@ class AccountSyncWorkflow:
 
     async def _discover(self, inp: AccountSyncInput) -> DiscoverResult:
         while True:
+            gen = self._credentials_gen
             try:
                 return await workflow.execute_activity_method(
                     ImapActivities.discover_folders, DiscoverInput(account_id=inp.account_id),
@@ -697,6 +708,8 @@ class AccountSyncWorkflow:
             except ActivityError as err:
                 assert self._progress is not None
                 if failure_type(err) in AUTH_TYPES:
+                    if self._stale_refusal(gen):
+                        continue
                     self._auth_failed(failure_message(err))
                     raise AccountAuthFailed() from err
                 self._progress.last_error = failure_message(err)
@@ -706,6 +719,7 @@ class AccountSyncWorkflow:
                         heartbeat: timedelta | None = None):
         """Run an activity; auth failures park the account, other failures wait and retry."""
         while True:
+            gen = self._credentials_gen
             try:
                 return await workflow.execute_activity_method(
                     fn, arg, start_to_close_timeout=timeout, heartbeat_timeout=heartbeat,
@@ -713,6 +727,8 @@ class AccountSyncWorkflow:
                 )
             except ActivityError as err:
                 if failure_type(err) in AUTH_TYPES:
+                    if self._stale_refusal(gen):
+                        continue
                     self._auth_failed(failure_message(err))
                     raise AccountAuthFailed() from err
                 if not retry_forever:
@@ -724,26 +740,34 @@ class AccountSyncWorkflow:
     async def _sync_folder(
         self, inp: AccountSyncInput, folder: FolderRef, since: date | None = None
     ) -> FolderSyncResult | None:
-        try:
-            result = await workflow.execute_child_workflow(
-                FolderSyncWorkflow.run,
-                FolderSyncInput(
-                    account_id=inp.account_id, folder=folder, parent_workflow_id=workflow.info().workflow_id,
-                    tuning=inp.tuning, reuse_bodies=self._st.initial_done, since=since,
-                ),
-                id=self._folder_child_id(folder),
-            )
-        except ChildWorkflowError as err:
-            message = failure_message(err)
-            if failure_type(err) in AUTH_TYPES:
-                self._auth_failed(message)
-                return None
-            progress = self._folders.get(folder.name) or FolderProgress(name=folder.name)
-            progress.phase, progress.error = FolderPhase.failed, message
-            self._folders[folder.name] = progress
-            return FolderSyncResult(folder=folder, progress=progress)
+        while True:
+            gen = self._credentials_gen
+            try:
+                result = await workflow.execute_child_workflow(
+                    FolderSyncWorkflow.run,
+                    FolderSyncInput(
+                        account_id=inp.account_id, folder=folder, parent_workflow_id=workflow.info().workflow_id,
+                        tuning=inp.tuning, reuse_bodies=self._st.initial_done, since=since,
+                    ),
+                    id=self._folder_child_id(folder),
+                )
+                break
+            except ChildWorkflowError as err:
+                if failure_type(err) in AUTH_TYPES and self._stale_refusal(gen) and not self._auth_error:
+                    continue  # the folder again, with the credentials stored meanwhile
+                return self._folder_failed(folder, err)
         self._folders[folder.name] = result.progress
         return result
+
+    def _folder_failed(self, folder: FolderRef, err: ChildWorkflowError) -> FolderSyncResult | None:
+        message = failure_message(err)
+        if failure_type(err) in AUTH_TYPES:
+            self._auth_failed(message)
+            return None
+        progress = self._folders.get(folder.name) or FolderProgress(name=folder.name)
+        progress.phase, progress.error = FolderPhase.failed, message
+        self._folders[folder.name] = progress
+        return FolderSyncResult(folder=folder, progress=progress)
 
     def _auth_phase(self) -> AccountPhase:
         """Gmail grants expire or get revoked (OAuth); IMAP passwords are refused."""

@@ -11,3 +11,4 @@ STORED_SIZE_RECOUNT = "stored-size-recount"             # passes recount folders
 RECORD_REFUSED_PASS = "record-refused-pass"             # a pass ended by refused credentials is in history
 CREDENTIALS_FLAG_AT_REFUSAL = "credentials-flag-at-refusal"  # new credentials count from the refusal on
 THROTTLED_ERROR_REPORTS = "throttled-error-reports"     # a failing page reports its error every 10 min, CANs
+STALE_REFUSALS_RETRIED = "stale-refusals-retried"       # refused with credentials replaced since: try again

@@ -777,7 +777,7 @@ def sync_status(
                 return 0
             out.print(f"{account_id} ({p.address}) workflow {desc.status.name.lower()}", highlight=False)
             out.print(_progress_line(p), highlight=False)
-            refused = any(f.failed for f in p.folders)  # only Gmail leaves messages out (refused to serve)
+            refused = any(f.failed for f in p.folders)  # messages the server would not serve: rare, shown if any
             table = Table("folder", "role", "phase", "done", "total", "flagged", *(["not stored"] if refused else []),
                           "MB", "error")
             for f in p.folders:

@@ -14,13 +14,11 @@ from temporalio import activity
 from activities.deps import Deps
 from activities.errors import UNSERVED_AFTER_ATTEMPTS, classified_errors
 from mail.parse import parse_many
-from providers.errors import MessagesNotServed
 from providers.imap.client import ImapSession
 from providers.imap.parse import FolderStatus
 from store.changes import (
     HistoryRow, append_history, forget_folder, remove_locations, stored_count, stored_flags, stored_flags_for,
-    stored_totals,
-    update_flags,
+    stored_totals, update_flags,
 )
 from store.folders import FolderRow, live_folders, record_folder_state, upsert_folders
 from store.pages import persist_page
@@ -116,13 +114,9 @@ class ImapIncrementalActivities:
                 batch, rest = new_uids[: inp.max_new], new_uids[inp.max_new :]
                 for i in range(0, len(batch), inp.chunk_size):
                     chunk = batch[i : i + inp.chunk_size]
-                    try:
-                        fetched = await session.fetch(chunk)
-                    except MessagesNotServed as exc:
-                        if info.attempt < UNSERVED_AFTER_ATTEMPTS:
-                            raise
-                        fetched = exc.served  # recorded as not stored: the folder's new mail goes on
-                        result.unserved += exc.uids
+                    # recorded as not stored on the last attempt: the folder's new mail goes on
+                    fetched, unserved = await session.fetch_served(chunk, give_up=info.attempt >= UNSERVED_AFTER_ATTEMPTS)
+                    result.unserved += unserved
                     parsed = parse_many([m.raw for m in fetched])
                     async with self.deps.pool.acquire() as conn:
                         written = await persist_page(

@@ -13,7 +13,7 @@ from activities.errors import UNSERVED_AFTER_ATTEMPTS, classified_errors
 from mail.model import FetchedMessage
 from mail.parse import ParsedMessage, parse_many
 from mail.windows import imap_date
-from providers.errors import MessagesNotServed, UidValidityChanged
+from providers.errors import UidValidityChanged
 from providers.imap.client import ImapSession
 from store.folders import FolderRow, record_folder_state, upsert_folders
 from store.pages import PageWriteResult, reuse_stored, thread_messages, write_page
@@ -161,15 +161,12 @@ class ImapActivities:
                     try:
                         for chunk in chunks:
                             wanted = await self._not_stored(session, inp, chunk, summary) if inp.reuse_bodies else chunk
-                            try:
-                                fetched = await session.fetch(wanted)
-                            except MessagesNotServed as exc:
-                                if info.attempt < UNSERVED_AFTER_ATTEMPTS:
-                                    raise  # retried: it may be transient
-                                # still refused: recorded and counted as not stored, so the folder and
-                                # the account finish instead of retrying this page for ever
-                                fetched = exc.served
-                                summary.unserved = sorted(set(summary.unserved) | set(exc.uids), reverse=True)
+                            # a message still not served on a late attempt is recorded as not stored, so
+                            # the folder and the account finish instead of retrying this page for ever
+                            fetched, unserved = await session.fetch_served(
+                                wanted, give_up=info.attempt >= UNSERVED_AFTER_ATTEMPTS)
+                            if unserved:
+                                summary.unserved = sorted(set(summary.unserved) | set(unserved), reverse=True)
                             while len(writes) >= _WRITES_IN_FLIGHT:
                                 await settle_oldest()
                             writes.append((asyncio.create_task(self._write(inp, fetched, summary)), min(chunk)))

@@ -172,6 +172,14 @@ class TestAccount:
         conn.login(self.username, self.password)
         return conn
 
+    def append(self, folder: str, flags: str | None, message: bytes) -> None:
+        """Deliver one message as another mail client would (imaplib APPEND, then log out)."""
+        c = self.imap()
+        try:
+            c.append(folder, flags, None, message)
+        finally:
+            c.logout()
+
 
 class AccountFactory:
     def __init__(self, dovecot: DovecotServer, pool: asyncpg.Pool, box: CredentialBox) -> None:

@@ -210,11 +210,7 @@ async def test_continue_as_new_carries_state_and_keeps_history_small(
     handle = await start_live(client, account.id, LIVE.model_copy(update={"passes_per_run": 2}))
     first = (await progress(handle)).passes
     for i in range(7):
-        c = account.imap()
-        try:
-            c.append("INBOX", None, None, new_message(100 + i))
-        finally:
-            c.logout()
+        account.append("INBOX", None, new_message(100 + i))
         result = await sync_now(handle)
         if not (result.new == 1 and result.seq == first + i + 1):  # say which pass took the message
             rows = await pool.fetch(
@@ -263,11 +259,7 @@ async def test_pause_resume_and_start_twice_attaches(
     assert await until(listed_paused)
     with pytest.raises(WorkflowUpdateFailedError):
         await sync_now(handle)
-    c = account.imap()
-    try:
-        c.append("INBOX", None, None, new_message(200))
-    finally:
-        c.logout()
+    account.append("INBOX", None, new_message(200))
     await asyncio.sleep(1.0)
     assert await pool.fetchval(
         "SELECT count(*) FROM messages WHERE account_id = $1 AND subject = 'fresh message 200'", account.id) == 0
@@ -325,11 +317,7 @@ async def test_password_change_parks_account_until_credentials_updated(
         assert await until(lambda: status_is("active"))
         account.password = "rotated-pw"
         account.port = dovecot.port
-        c = account.imap()
-        try:
-            c.append("INBOX", None, None, new_message(300))
-        finally:
-            c.logout()
+        account.append("INBOX", None, new_message(300))
         assert (await sync_now(handle)).new == 1
         await assert_identical(pool, account)
 
@@ -463,11 +451,7 @@ async def test_dropped_idle_connection_is_reestablished(
         assert await until(lambda: _async(proxy.connections > before and proxy.active >= 1), timeout=15)
         await asyncio.sleep(1.0)
         account.port = dovecot.port
-        c = account.imap()
-        try:
-            c.append("INBOX", None, None, new_message(500))
-        finally:
-            c.logout()
+        account.append("INBOX", None, new_message(500))
 
         async def arrived() -> bool:
             return await pool.fetchval(
@@ -670,11 +654,7 @@ async def test_new_mail_the_server_will_not_serve_does_not_stall_the_folder(
     inbox = next(f for f in (await progress(handle)).folders if f.name == "INBOX")
     assert (inbox.failed, inbox.done, inbox.total) == (1, 10, 11)
     monkeypatch.undo()
-    c = account.imap()
-    try:
-        c.append("INBOX", None, None, new_message(12))
-    finally:
-        c.logout()
+    account.append("INBOX", None, new_message(12))
     assert (await sync_now(handle)).new == 1
     await handle.terminate()
 

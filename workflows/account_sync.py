@@ -24,7 +24,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.gmail_sync import GmailActivities
     from activities.imap_incremental import ImapIncrementalActivities
     from activities.imap_sync import ImapActivities
-    from workflows.folder_sync import LEND_SIGNAL, PROGRESS_SIGNAL, FolderSyncWorkflow
+    from workflows.folder_sync import LEND_SIGNAL, PROGRESS_SIGNAL, FolderSyncWorkflow, not_served_note
     from workflows.models import (
         AccountPhase, AccountProgress, AccountState, AccountSyncInput, AccountSyncResult, CredentialsExpired,
         DescribeAccountResult, DiscoverInput, DiscoverResult, FolderChanges, FolderChangesInput, FolderChangesResult, FolderCursor,
@@ -63,10 +63,10 @@ def _lanes(running: dict[str, _Mirroring]) -> int:
     return sum(m.lanes for m in running.values())
 
 
-
 def _outcome_reported_elsewhere(child: asyncio.Future) -> None:  # type: ignore[type-arg]
     if not child.cancelled():
         child.exception()  # retrieved, so that asyncio does not log it as never retrieved
+
 
 @workflow.defn
 class AccountSyncWorkflow:
@@ -79,8 +79,8 @@ class AccountSyncWorkflow:
         self._st = inp.state or AccountState()
         self._results: dict[int, PassResult] = {}
         self._pass_running = False
-        self._credentials_updated = False
         self._credentials_gen = 0  # credentials_updated signals this run has received
+        self._refused_gen = 0      # _credentials_gen when the credentials were last refused
         self._watches: dict[str, asyncio.Task[WatchResult]] = {}
         self._watch_gen: dict[str, int] = {}  # _credentials_gen when each watch started
         self._account_id = inp.account_id
@@ -144,7 +144,6 @@ class AccountSyncWorkflow:
 
     @workflow.signal
     def credentials_updated(self) -> None:
-        self._credentials_updated = True
         self._credentials_gen += 1
         self._st.changed = True
 
@@ -161,7 +160,7 @@ class AccountSyncWorkflow:
         """Record refused credentials. Only credentials signalled from now on can end the wait: new
         ones that arrived while other folders were still finishing (after the refusal) still count."""
         if self._auth_error is None:
-            self._credentials_updated = False
+            self._refused_gen = self._credentials_gen
         self._auth_error = reason
 
     @workflow.update
@@ -521,8 +520,7 @@ class AccountSyncWorkflow:
             changes.expunged += r.expunged
             if r.unserved:  # counted as not stored, named in the pass's history
                 cursor.not_stored += len(r.unserved)
-                changes.error = f"the server would not serve {len(r.unserved)} new message(s): UID " + ",".join(
-                    map(str, r.unserved[:10]))
+                changes.error = not_served_note(len(r.unserved), r.unserved)
             progress = self._folders.get(cursor.folder.name)
             if progress is not None:
                 progress.total = cursor.messages or 0
@@ -684,14 +682,14 @@ class AccountSyncWorkflow:
     async def _wait_for_credentials(self, inp: AccountSyncInput) -> None:
         assert self._progress is not None
         if not workflow.patched(patches.CREDENTIALS_FLAG_AT_REFUSAL):
-            self._credentials_updated = False  # how runs started before the patch decided
+            self._refused_gen = self._credentials_gen  # how runs started before the patch decided
         await self._stop_watch()
         phase = self._auth_phase()
         self._publish(phase)
         reason = self._auth_error or "authentication failed"
         await self._set_status(inp.account_id, phase.value, reason)
         parked = workflow.now()
-        await workflow.wait_condition(lambda: self._credentials_updated)
+        await workflow.wait_condition(lambda: self._credentials_gen > self._refused_gen)
         self._st.parked_seconds += (workflow.now() - parked).total_seconds()
         self._auth_error = None
         self._progress.last_error = None

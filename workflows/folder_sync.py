@@ -102,7 +102,7 @@ class FolderSyncWorkflow:
                     st.progress.failed += len(summary.unserved)
                     st.unserved = (st.unserved + summary.unserved)[:10]
                     st.sizes_exact = st.sizes_exact and summary.resumed_from is None
-                    st.progress.error = _unserved_note(st)
+                    st.progress.error = _unserved_error(st)
                     st.pages_done += 1
                     pages_this_run += 1
                 await self._report(inp)
@@ -141,7 +141,7 @@ class FolderSyncWorkflow:
                 raise
         st.progress.phase = FolderPhase.done
         st.progress.total = max(st.progress.total, st.progress.done)
-        st.progress.error = _unserved_note(st)
+        st.progress.error = _unserved_error(st)
         await self._report(inp, force=True)
         return self._result(inp, st)
 
@@ -238,8 +238,12 @@ class _FolderGone(Exception):
     pass
 
 
-def _unserved_note(st: FolderState) -> str | None:
-    """Kept as the folder's error (verify lists them missing; a resync asks for them again)."""
-    if not st.progress.failed:
-        return None
-    return f"the server would not serve {st.progress.failed} message(s): UID {','.join(map(str, st.unserved))}"
+def not_served_note(count: int, uids: list[int]) -> str:
+    """Names messages the server listed but would not serve (verify lists them missing; a resync asks
+    for them again)."""
+    return f"the server would not serve {count} message(s): UID {','.join(map(str, uids[:10]))}"
+
+
+def _unserved_error(st: FolderState) -> str | None:
+    """The folder's error once a page settles: kept while any message was not served."""
+    return not_served_note(st.progress.failed, st.unserved) if st.progress.failed else None

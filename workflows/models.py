@@ -119,7 +119,7 @@ class FolderProgress(BaseModel):
     total: int = 0
     done: int = 0
     flagged: int = 0                 # messages stored (raw, byte for byte) but flagged unparseable
-    failed: int = 0                  # messages not stored: the provider refused to serve them (Gmail)
+    failed: int = 0                  # messages not stored: the server listed them but would not serve them
     bytes: int = 0                   # mirrored: bodies downloaded or found stored (what the folder holds)
     downloaded: int = 0              # bytes downloaded: bodies, plus header blocks when matching stored ones
     reused: int = 0                  # messages placed from bodies already stored

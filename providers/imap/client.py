@@ -296,6 +296,16 @@ class ImapSession:
             fetched += await self._fetch_missing(uids, fetched)
         return fetched
 
+    async def fetch_served(self, uids: list[int], *, give_up: bool) -> tuple[list[FetchedMessage], list[int]]:
+        """`fetch`, and the UIDs left out: with `give_up`, messages the server still does not serve are
+        returned as left out instead of raising MessagesNotServed (the caller records them)."""
+        try:
+            return await self.fetch(uids), []
+        except MessagesNotServed as exc:
+            if not give_up:
+                raise
+            return exc.served, exc.uids
+
     async def _fetch_bodies(self, uids: list[int]) -> list[FetchedMessage]:
         # A chunk of large messages on a slow link can take minutes: only inactivity ends it.
         response = await self._guard(self.client.uid("fetch", uid_set(uids), FETCH_ITEMS), None, "UID FETCH")
